@@ -1,0 +1,19 @@
+"""Exceptions raised for bad user input.
+
+Every message names the offending file (and sample when known) and says how to fix it,
+so a failed cluster job is understandable from its log alone.
+"""
+
+
+class CosmicInputError(ValueError):
+    """Input data or configuration that COSMIC cannot use as given."""
+
+
+def describe(path=None, sample=None) -> str:
+    """Return a ``"sample 'x', file 'y'"`` prefix for error messages."""
+    parts = []
+    if sample is not None:
+        parts.append(f"sample '{sample}'")
+    if path is not None:
+        parts.append(f"file '{path}'")
+    return ", ".join(parts) if parts else "input"
