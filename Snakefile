@@ -1,0 +1,19 @@
+# COSMIC: link single-nucleus morphology and gene expression in paired single cells.
+# Usage: see README.md; every configuration key is documented in config/README.md.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+if DEMO:
+
+    include: "workflow/rules/demo.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

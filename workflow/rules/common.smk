@@ -1,0 +1,95 @@
+# Configuration, validation and input functions shared by all rule files.
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+# The package holding all logic lives next to the rule scripts. Rule scripts find it
+# because Snakemake puts a local script's folder on sys.path; the Snakefile needs it too.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+
+from cosmic import config as cosmic_config
+from cosmic import demo as cosmic_demo
+from cosmic.errors import CosmicInputError
+
+
+def _validate_or_explain(data, schema, explain):
+    try:
+        validate(data, schema)
+    except Exception as exc:
+        error = cosmic_config.find_validation_error(exc)
+        if error is None:
+            raise
+        raise CosmicInputError(explain(error)) from None
+
+
+_validate_or_explain(
+    config,
+    "../schemas/config.schema.yaml",
+    lambda e: cosmic_config.explain_config_error(e, "the configuration"),
+)
+
+RESULTS = config["results"].rstrip("/")
+DEMO = config["demo"]
+DEMO_DIR = f"{RESULTS}/demo"
+
+if DEMO:
+    DEMO_SETTINGS = cosmic_demo.DemoSettings.from_config(config["demo_dataset"])
+    SAMPLES = cosmic_demo.sample_sheet(DEMO_SETTINGS, DEMO_DIR).set_index(
+        "sample", drop=False
+    )
+    IMAGES = {
+        sample: {name: f"{DEMO_DIR}/{sample}/images/{name}.ome.tif" for name in names}
+        for sample, names in cosmic_demo.image_names(DEMO_SETTINGS).items()
+    }
+else:
+    SAMPLES = cosmic_config.read_sample_sheet(config["samples"])
+    for _row, (_sample, _record) in enumerate(SAMPLES.iterrows()):
+        _validate_or_explain(
+            SAMPLES.iloc[[_row]].copy(),
+            "../schemas/samples.schema.yaml",
+            lambda e: cosmic_config.explain_sample_error(
+                e, config["samples"], _row, _sample
+            ),
+        )
+    validate(SAMPLES, "../schemas/samples.schema.yaml")  # fills defaults
+    cosmic_config.check_sample_inputs(SAMPLES)
+    IMAGES = {
+        sample: cosmic_config.resolve_images(sample, row["images"])
+        for sample, row in SAMPLES.iterrows()
+    }
+
+
+wildcard_constraints:
+    sample="|".join(SAMPLES.index) if len(SAMPLES) else "[A-Za-z0-9_-]+",
+    image="[^/]+",
+
+
+def demo_outputs():
+    """Every file the demo generator writes (empty when running on user data)."""
+    if not DEMO:
+        return []
+    files = [
+        f"{DEMO_DIR}/{name}"
+        for name in (
+            "samples.tsv",
+            "ground_truth.tsv",
+            "genes.tsv",
+            "morphology_oracle.tsv",
+            "morphology_traits.tsv",
+            "oracle.json",
+        )
+    ]
+    for sample, images in IMAGES.items():
+        files += list(images.values())
+        files += [f"{DEMO_DIR}/{sample}/truth_masks/{name}.tif" for name in images]
+        files += [f"{DEMO_DIR}/{sample}/pairing.tsv"]
+    return files
+
+
+def all_outputs():
+    """Final targets of every stage that exists."""
+    return demo_outputs()

@@ -1,0 +1,148 @@
+"""Sample sheet handling and readable configuration errors.
+
+Schema validation itself is done by ``snakemake.utils.validate`` in ``workflow/rules/common.smk``;
+this module turns its errors into messages that name the key and what is allowed, and resolves
+the files a sample sheet points at (so a missing file stops the run before any job starts).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+
+from .errors import CosmicInputError
+
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _allowed(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "enum":
+        return f"one of {error.validator_value}"
+    if error.validator == "type":
+        return f"a value of type {error.validator_value}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{error.validator} {error.validator_value}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = " or columns starting with 'meta_'" if "^meta_" in schema.get("patternProperties", {}) else ""
+        return f"only the keys {allowed}{extra}"
+    if error.validator == "pattern":
+        return f"text matching {error.validator_value!r}"
+    if error.validator == "required":
+        return f"the keys {error.validator_value}"
+    if error.validator == "oneOf":
+        return "one of: " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in s.items() if k != "description") for s in error.validator_value
+        )
+    return f"a value satisfying {error.validator}={error.validator_value!r}"
+
+
+def _innermost(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """Pick the most specific error (schema errors nest for oneOf / anyOf)."""
+    best = jsonschema.exceptions.best_match([error])
+    return best or error
+
+
+def explain_config_error(error: jsonschema.ValidationError, configfile: str) -> str:
+    err = _innermost(error)
+    return (
+        f"Invalid configuration in {configfile}: key '{_key_path(err)}': {err.message}. "
+        f"Allowed: {_allowed(err)}. Fix the value in {configfile} (see config/README.md)."
+    )
+
+
+def explain_sample_error(error: jsonschema.ValidationError, sheet: str, row: int, sample) -> str:
+    err = _innermost(error)
+    where = f"column '{_key_path(err)}'" if err.absolute_path else "row"
+    return (
+        f"Invalid sample sheet {sheet}, row {row + 1} (sample '{sample}'): {where}: {err.message}. "
+        f"Allowed: {_allowed(err)}. Fix the sample sheet (see config/README.md)."
+    )
+
+
+def find_validation_error(exc: BaseException) -> jsonschema.ValidationError | None:
+    """Dig the jsonschema error out of a Snakemake WorkflowError."""
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, jsonschema.ValidationError):
+            return item
+        if isinstance(item, BaseException):
+            stack.extend(a for a in item.args if isinstance(a, BaseException))
+            if item.__cause__ is not None:
+                stack.append(item.__cause__)
+            if item.__context__ is not None:
+                stack.append(item.__context__)
+    return None
+
+
+def read_sample_sheet(path) -> pd.DataFrame:
+    """Read the sample sheet as text columns; reject duplicate or missing sample ids."""
+    path = Path(path)
+    if not path.exists():
+        raise CosmicInputError(
+            f"Sample sheet '{path}' does not exist. Create it (see config/samples.tsv for the columns) "
+            "or set 'samples' in config/config.yaml, or set 'demo: true' to run the demo."
+        )
+    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").dropna(how="all")
+    sheet.columns = [c.strip() for c in sheet.columns]
+    if "sample" not in sheet.columns:
+        raise CosmicInputError(f"Sample sheet '{path}' has no 'sample' column (it must be tab-separated).")
+    dup = sheet["sample"][sheet["sample"].duplicated()].unique().tolist()
+    if dup:
+        raise CosmicInputError(f"Sample sheet '{path}' lists samples more than once: {dup}. Give each row a unique id.")
+    return sheet.set_index("sample", drop=False)
+
+
+def image_name(path) -> str:
+    """The image id used in output paths: the file name without its TIFF suffix."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def resolve_images(sample: str, spec: str) -> dict[str, str]:
+    """Map image id -> path for a sample's ``images`` entry (a folder or a glob pattern)."""
+    spec_path = Path(spec)
+    if spec_path.is_dir():
+        paths = [p for p in sorted(spec_path.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)]
+    else:
+        paths = [Path(p) for p in sorted(glob.glob(spec))]
+    if not paths:
+        raise CosmicInputError(
+            f"sample '{sample}': no TIFF images found at '{spec}' (column 'images'). Give a folder holding "
+            "*.tif/*.tiff files or a glob pattern such as 'raw/{sample}/*.tif', relative to where snakemake runs."
+        )
+    images: dict[str, str] = {}
+    for p in paths:
+        name = image_name(p)
+        if name in images:
+            raise CosmicInputError(
+                f"sample '{sample}': images '{images[name]}' and '{p}' have the same name '{name}'. Rename one."
+            )
+        images[name] = str(p)
+    return images
+
+
+def check_sample_inputs(sheet: pd.DataFrame) -> None:
+    """Fail before any job runs when a file named in the sample sheet is missing."""
+    problems = []
+    for sample, row in sheet.iterrows():
+        for column in ("counts", "pairing"):
+            if not Path(row[column]).exists():
+                problems.append(f"sample '{sample}': column '{column}' points at '{row[column]}', which does not exist")
+    if problems:
+        raise CosmicInputError(
+            "Missing input files in the sample sheet:\n  " + "\n  ".join(problems)
+            + "\nFix the paths (relative to where snakemake runs) or add the files."
+        )
