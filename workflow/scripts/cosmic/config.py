@@ -51,10 +51,22 @@ def _innermost(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return best or error
 
 
+def _message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        import re
+
+        schema = err.schema if isinstance(err.schema, dict) else {}
+        patterns = list(schema.get("patternProperties", {}))
+        unknown = [k for k in err.instance if k not in schema.get("properties", {})
+                   and not any(re.search(p, k) for p in patterns)]
+        return f"unknown key(s) {unknown}"
+    return err.message
+
+
 def explain_config_error(error: jsonschema.ValidationError, configfile: str) -> str:
     err = _innermost(error)
     return (
-        f"Invalid configuration in {configfile}: key '{_key_path(err)}': {err.message}. "
+        f"Invalid configuration in {configfile}: key '{_key_path(err)}': {_message(err)}. "
         f"Allowed: {_allowed(err)}. Fix the value in {configfile} (see config/README.md)."
     )
 
@@ -63,7 +75,7 @@ def explain_sample_error(error: jsonschema.ValidationError, sheet: str, row: int
     err = _innermost(error)
     where = f"column '{_key_path(err)}'" if err.absolute_path else "row"
     return (
-        f"Invalid sample sheet {sheet}, row {row + 1} (sample '{sample}'): {where}: {err.message}. "
+        f"Invalid sample sheet {sheet}, row {row + 1} (sample '{sample}'): {where}: {_message(err)}. "
         f"Allowed: {_allowed(err)}. Fix the sample sheet (see config/README.md)."
     )
 

@@ -1,0 +1,224 @@
+"""Workflow-level checks: dry runs, configuration validation, lint, conda environments."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+
+RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+ENV_FILES = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
+
+
+def write_config(tmp_path, **overrides) -> str:
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    for key, value in overrides.items():
+        config[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def dry_run(tmp_path, configfile, *extra, env=None):
+    return run_snakemake("-n", "--configfile", configfile, "--directory", tmp_path, *extra, env=env)
+
+
+def assert_failed_before_jobs(result, tmp_path, *fragments):
+    assert result.returncode != 0, result.stdout + result.stderr
+    message = result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    assert not (tmp_path / "results").exists(), "a job ran although the configuration is invalid"
+
+
+# ------------------------------------------------------------------ dry runs
+
+def test_dry_run_default_config():
+    result = run_snakemake("-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    assert "demo" in result.stdout + result.stderr
+
+
+def test_dry_run_test_config(tmp_path):
+    result = run_snakemake("-n", "--configfile", REPO / ".test/config/config.yaml", "--directory", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "demo" in result.stdout
+
+
+def test_dry_run_slurm_profile(tmp_path, fake_conda):
+    result = run_snakemake("-n", "--profile", REPO / "profiles/slurm", env=fake_conda)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo" in result.stdout
+
+
+def test_lint_is_clean():
+    result = run_snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("snakefmt") is None, reason="snakefmt not installed")
+def test_snakefmt_clean():
+    import subprocess
+
+    result = subprocess.run(["snakefmt", "--check", str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ config validation
+
+def test_defaults_are_filled_from_schema(tmp_path):
+    # A config with only `demo: true` is complete: everything else comes from the schema.
+    path = tmp_path / "minimal.yaml"
+    path.write_text(f"results: {tmp_path / 'results'}\n")
+    result = dry_run(tmp_path, path)
+    assert result.returncode == 0, result.stderr
+    assert "fov_010" in result.stdout  # 1020 nuclei per sample at 100 per image (schema defaults)
+
+
+def test_wrong_type_is_rejected(tmp_path):
+    result = dry_run(tmp_path, write_config(tmp_path, seed="abc"))
+    assert_failed_before_jobs(result, tmp_path, "key 'seed'", "type integer")
+
+
+def test_value_outside_range_is_rejected(tmp_path):
+    result = dry_run(tmp_path, write_config(tmp_path, demo_dataset={"touching_fraction": 1.5}))
+    assert_failed_before_jobs(result, tmp_path, "demo_dataset.touching_fraction", "maximum 1")
+
+
+def test_unknown_enum_value_is_rejected(tmp_path):
+    result = dry_run(tmp_path, write_config(tmp_path, imaging={"z_projection": "mean"}))
+    assert_failed_before_jobs(result, tmp_path, "imaging.z_projection", "['max', 'best_focus']")
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    result = dry_run(tmp_path, write_config(tmp_path, sead=3))
+    assert_failed_before_jobs(result, tmp_path, "unknown key(s) ['sead']", "only the keys")
+
+
+# ------------------------------------------------------------------ sample sheet
+
+@pytest.fixture
+def user_data(tmp_path):
+    """A sample sheet pointing at real files (a tiny generated dataset, as a user would have)."""
+    from cosmic import demo
+
+    settings = demo.DemoSettings(cells_per_sample=20, nuclei_per_image=20, image_size=256,
+                                 samples={"s1": "control"})
+    outdir = tmp_path / "raw"
+    rng_tables = demo.sample_sheet(settings, outdir)
+    for sample, images in demo.image_names(settings).items():
+        paths = demo.sample_paths(outdir, sample)
+        paths["images"].mkdir(parents=True)
+        for name in images:
+            (paths["images"] / f"{name}.ome.tif").write_bytes(b"")
+        paths["counts"].mkdir(parents=True)
+        paths["pairing"].write_text("barcode\timage\ty\tx\n")
+    return rng_tables
+
+
+def sheet_config(tmp_path, sheet: pd.DataFrame) -> str:
+    sheet_path = tmp_path / "samples.tsv"
+    sheet.to_csv(sheet_path, sep="\t", index=False)
+    return write_config(tmp_path, demo=False, samples=str(sheet_path))
+
+
+def test_user_sample_sheet_dry_run(tmp_path, user_data):
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr or "rule demo" not in result.stdout
+
+
+def test_unknown_sample_column_is_rejected(tmp_path, user_data):
+    user_data["batchh"] = "b1"
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert_failed_before_jobs(result, tmp_path, "sample 's1'", "unknown key(s) ['batchh']", "meta_")
+
+
+def test_meta_columns_are_allowed(tmp_path, user_data):
+    user_data["meta_batch"] = "b1"
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_input_file_is_rejected(tmp_path, user_data):
+    user_data.loc[0, "counts"] = str(tmp_path / "nowhere" / "counts.h5ad")
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert_failed_before_jobs(result, tmp_path, "sample 's1'", "column 'counts'", "does not exist")
+
+
+def test_missing_images_are_rejected(tmp_path, user_data):
+    user_data.loc[0, "images"] = str(tmp_path / "empty_folder")
+    (tmp_path / "empty_folder").mkdir()
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert_failed_before_jobs(result, tmp_path, "sample 's1'", "no TIFF images found")
+
+
+def test_duplicate_samples_are_rejected(tmp_path, user_data):
+    sheet = pd.concat([user_data, user_data])
+    result = dry_run(tmp_path, sheet_config(tmp_path, sheet))
+    assert_failed_before_jobs(result, tmp_path, "more than once", "s1")
+
+
+def test_bad_sample_id_is_rejected(tmp_path, user_data):
+    user_data.loc[0, "sample"] = "bad id/with slash"
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
+    assert_failed_before_jobs(result, tmp_path, "column 'sample'", "does not match")
+
+
+def test_missing_sample_sheet_is_rejected(tmp_path):
+    result = dry_run(tmp_path, write_config(tmp_path, demo=False, samples=str(tmp_path / "none.tsv")))
+    assert_failed_before_jobs(result, tmp_path, "none.tsv", "does not exist")
+
+
+# ------------------------------------------------------------------ conda environments
+
+def test_every_env_file_parses_and_pins_python():
+    assert {p.stem for p in ENV_FILES} >= {"imaging", "rna", "torch", "report"}
+    for path in ENV_FILES:
+        env = yaml.safe_load(path.read_text())
+        assert env["channels"], path
+        deps = [d for d in env["dependencies"] if isinstance(d, str)]
+        assert any(re.match(r"python>=3\.11", d) for d in deps), f"{path} must pin python>=3.11"
+        unpinned = [d for d in deps if not re.search(r"[=<>]", d) and d != "imagecodecs"]
+        assert not unpinned, f"{path}: unpinned packages {unpinned}"
+
+
+def test_every_rule_names_an_existing_env_and_a_log():
+    rule_re = re.compile(r"^(?:rule|checkpoint) (\w+):", re.M)
+    n_rules = 0
+    for path in RULE_FILES:
+        text = path.read_text()
+        starts = [m.start() for m in rule_re.finditer(text)] + [len(text)]
+        for begin, end in zip(starts, starts[1:]):
+            body = text[begin:end]
+            name = rule_re.match(body).group(1)
+            n_rules += 1
+            env = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
+            assert env, f"rule {name} in {path.name} has no conda: directive"
+            assert (path.parent / env.group(1)).resolve().exists(), f"rule {name}: {env.group(1)} missing"
+            assert "log:" in body, f"rule {name} in {path.name} has no log: directive"
+    assert n_rules >= 1
+
+
+def test_config_readme_documents_every_key():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    readme = (REPO / "config/README.md").read_text()
+
+    def keys(node, prefix=""):
+        for key, sub in node.get("properties", {}).items():
+            yield prefix + key
+            if sub.get("type") == "object":
+                yield from keys(sub, prefix + key + ".")
+
+    missing = [k for k in keys(schema) if f"`{k}`" not in readme]
+    assert not missing, f"config/README.md does not document {missing}"
+    sample_schema = yaml.safe_load((REPO / "workflow/schemas/samples.schema.yaml").read_text())
+    missing = [k for k in sample_schema["properties"] if f"`{k}`" not in readme]
+    assert not missing, f"config/README.md does not document sample sheet columns {missing}"
