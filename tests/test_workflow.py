@@ -222,3 +222,11 @@ def test_config_readme_documents_every_key():
     sample_schema = yaml.safe_load((REPO / "workflow/schemas/samples.schema.yaml").read_text())
     missing = [k for k in sample_schema["properties"] if f"`{k}`" not in readme]
     assert not missing, f"config/README.md does not document sample sheet columns {missing}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    assert "snakemake --cores all" in blocks[0] and "pip install" in blocks[0]
+    assert "pytest" in blocks[1] and "pip install" in blocks[1]
+    assert "README.md" in (REPO / ".ci" / "run").read_text()
