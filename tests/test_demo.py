@@ -97,7 +97,8 @@ def test_pairing_positions_hit_the_true_nucleus(dataset):
     truth = pd.read_csv(out / "ground_truth.tsv", sep="\t")
     for sample in ("demo_control", "demo_docetaxel"):
         pairing = pd.read_csv(out / sample / "pairing.tsv", sep="\t")
-        merged = pairing.merge(truth[truth["sample"] == sample], on="barcode", validate="one_to_one")
+        sequenced = truth[(truth["sample"] == sample) & truth["captured"]]
+        merged = pairing.merge(sequenced, on="barcode", validate="one_to_one")
         assert len(merged) == len(pairing)
         hits = []
         for image, group in merged.groupby("image_x"):
@@ -175,7 +176,7 @@ def test_gene_table_records_drivers_and_oracle(dataset):
     assert genes["oracle_r2"].between(-0.2, 1.0).all()
     by_program = genes.groupby("program")["oracle_r2"].mean()
     # Shared programs are explainable from the shared state; RNA-private programs are not.
-    assert by_program["cell_cycle_G2M"] > 0.3
+    assert by_program["cell_cycle_G2M"] > max(0.15, 5 * by_program["rna_private"])
     assert by_program["rna_private"] < 0.1 < by_program["marker_basal"]
     assert not genes.loc[genes["program"] == "rna_private", "driven_by_shared_state"].any()
     assert 0 < summary["rna_total_oracle_r2"] < 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def draw_cell_states(rng: np.random.Generator, sample: str, treatment: str, n: i
         "z_shared": rng.standard_normal(n),
         # morphology-private
         "z_elongation": rng.standard_normal(n),
+        "size_noise": np.exp(0.1 * rng.standard_normal(n)),
         "stain_efficiency": np.exp(0.08 * rng.standard_normal(n)),
         # RNA-private
         "z_rna_1": rng.standard_normal(n),
@@ -210,7 +212,7 @@ def nucleus_area(row) -> float:
     morph = TYPE_MORPHOLOGY[row["cell_type"]]
     g1_growth = 0.85 + 0.15 * min(row["cycle_position"] / 0.5, 1.0)
     area = morph["area"] * g1_growth * (row["dna_content"] / 2.0) ** (2.0 / 3.0)
-    area *= math.exp(0.12 * row["z_shared"])
+    area *= math.exp(0.12 * row["z_shared"]) * row["size_noise"]
     if row["treatment"] != "control" and not row["resistant"]:
         area *= 1.25
     if row["phase"] == "M":
@@ -362,10 +364,12 @@ def compose_field(states: pd.DataFrame, rng: np.random.Generator, size: int,
     return image, labels, records
 
 
-def write_ome_tiff(path, image_cyx: np.ndarray) -> None:
+def write_ome_tiff(path, image_cyx: np.ndarray, uid: str) -> None:
+    """OME-TIFF with channel names; the OME UUID derives from ``uid`` so files are reproducible."""
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, image_cyx, ome=True, photometric="minisblack", compression="zlib",
-                         metadata={"axes": "CYX", "Channel": {"Name": list(CHANNEL_NAMES)}})
+                         metadata={"axes": "CYX", "Channel": {"Name": list(CHANNEL_NAMES)},
+                                   "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, uid))})
 
 
 def write_mask(path, labels: np.ndarray) -> None:
@@ -404,10 +408,12 @@ def build_gene_table(rng: np.random.Generator) -> pd.DataFrame:
     program[chosen[120:140]] = "treatment"
 
     base = rng.normal(-8.0, 1.3, n)
-    base[program == "mitochondrial"] = rng.normal(-4.2, 0.4, (program == "mitochondrial").sum())
+    base[program == "mitochondrial"] = rng.normal(-5.5, 0.4, (program == "mitochondrial").sum())
     base[program == "resistance"] -= 1.5
     type_effect = np.zeros((n, len(CELL_TYPES)))
-    typed = rng.permutation(bg_idx)[: int(0.15 * bg_idx.size)]
+    # A share of the remaining background genes differs mildly between cell types.
+    still_background = np.flatnonzero(program == "background")
+    typed = rng.permutation(still_background)[: int(0.15 * bg_idx.size)]
     type_effect[typed] = rng.normal(0, 0.5, (typed.size, len(CELL_TYPES)))
     for t, cell_type in enumerate(CELL_TYPES):
         is_marker = program == f"marker_{cell_type}"
@@ -490,13 +496,14 @@ def write_10x_mtx(folder, counts: np.ndarray, barcodes, genes: pd.DataFrame) -> 
     """Write a Cell Ranger v3-style matrix folder (genes x cells, gzipped)."""
     with atomic_path(folder, suffix="") as tmp:
         tmp.mkdir()
-        with gzip.open(tmp / "matrix.mtx.gz", "wb") as fh:
+        # mtime=0: byte-identical archives for the same seed.
+        with gzip.GzipFile(tmp / "matrix.mtx.gz", "wb", mtime=0) as fh:
             scipy.io.mmwrite(fh, sp.coo_matrix(counts.T), field="integer")
-        with gzip.open(tmp / "barcodes.tsv.gz", "wt") as fh:
-            fh.write("\n".join(barcodes) + "\n")
-        with gzip.open(tmp / "features.tsv.gz", "wt") as fh:
-            for gid, name in zip(genes["gene_id"], genes["gene"]):
-                fh.write(f"{gid}\t{name}\tGene Expression\n")
+        with gzip.GzipFile(tmp / "barcodes.tsv.gz", "wb", mtime=0) as fh:
+            fh.write(("\n".join(barcodes) + "\n").encode())
+        with gzip.GzipFile(tmp / "features.tsv.gz", "wb", mtime=0) as fh:
+            fh.write("".join(f"{gid}\t{name}\tGene Expression\n"
+                             for gid, name in zip(genes["gene_id"], genes["gene"])).encode())
 
 
 def random_barcodes(rng: np.random.Generator, n: int) -> list[str]:
@@ -560,6 +567,7 @@ def morphology_oracle(states, rng, replicates: int, measure) -> pd.DataFrame:
     for _ in range(replicates):
         private = states.copy()
         private["z_elongation"] = rng.standard_normal(len(states))
+        private["size_noise"] = np.exp(0.1 * rng.standard_normal(len(states)))
         private["stain_efficiency"] = np.exp(0.08 * rng.standard_normal(len(states)))
         per_rep.append(_measure_isolated(private, rng, measure))
     features = [c for c in per_rep[0].columns if c.startswith("morph_")]
@@ -634,7 +642,8 @@ def generate(settings: DemoSettings, outdir, measure=workflow_measure, progress:
             in_field = states["image"] == image
             pixels, labels, records = compose_field(states[in_field], rng, settings.image_size,
                                                     settings.touching_fraction)
-            write_ome_tiff(paths["images"] / f"{image}.ome.tif", pixels)
+            write_ome_tiff(paths["images"] / f"{image}.ome.tif", pixels,
+                           uid=f"cosmic-demo/{settings.seed}/{sample}/{image}")
             write_mask(paths["truth_masks"] / f"{image}.tif", labels)
             for key, values in zip(columns, zip(*records)):
                 columns[key].extend(values)
@@ -703,6 +712,7 @@ def morphology_traits() -> pd.DataFrame:
         ("chromatin_texture_contrast", "cell type, z_shared, mitosis", True),
         ("lobulation_and_micronuclei", "drug response (treated, responsive cells)", True),
         ("aspect_ratio", "cell type (mean) and z_elongation (private)", True),
+        ("size_noise", "private nuclear size variation (x exp(0.1 N(0,1)))", False),
         ("orientation", "private", False),
         ("boundary_irregularity", "private (higher in mitosis)", False),
         ("texture_pattern", "private random field", False),

@@ -1,0 +1,274 @@
+"""Join each sequenced cell to its own nucleus, and samples into a cohort.
+
+The pairing table of a sample records, per barcode, the image and the pixel position where the
+cell sat. A barcode is paired to the nucleus whose mask contains that position; when the position
+falls outside every mask, to the nearest nucleus centroid within ``max_distance`` pixels. Barcodes
+that cannot be paired unambiguously are dropped and every drop is recorded in the QC table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import tifffile
+from scipy.spatial import cKDTree
+
+from .atomic import atomic_path
+from .errors import CosmicInputError
+
+PAIRING_COLUMNS = ("barcode", "image", "y", "x")
+SAMPLE_METADATA = ("condition", "cell_line", "treatment", "response")
+
+# Status of each barcode in the QC table.
+PAIRED = "paired"
+PAIRED_NEAREST = "paired_nearest"  # position outside every mask, nearest centroid within reach
+NO_NUCLEUS = "no_nucleus_within_reach"
+AMBIGUOUS = "position_hits_several_nuclei"
+CLAIMED_TWICE = "nucleus_claimed_twice"
+NOT_SEQUENCED = "barcode_not_in_counts"
+FILTERED = "cell_removed_by_rna_qc"
+UNKNOWN_IMAGE = "image_not_in_sample"
+
+
+@dataclass
+class PairingParams:
+    max_distance: float = 10.0  # px from the recorded position to a nucleus centroid
+    ambiguity_ratio: float = 1.5  # second-nearest must be this much farther than the nearest
+    embedding: str = "pca"  # obsm["X_<embedding>"] of the RNA object becomes obsm["X_rna"]
+    qc_pass_only: bool = False  # pair only nuclei that passed the imaging QC flags
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "PairingParams":
+        block = dict(block or {})
+        unknown = set(block) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CosmicInputError(f"unknown pairing keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**block)
+
+
+def read_pairing_table(path, sample: str | None = None) -> pd.DataFrame:
+    """Read a pairing table (TSV or CSV) and check its columns and barcodes."""
+    path = Path(path)
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        table = pd.read_csv(path, sep=sep, dtype={"barcode": str, "image": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CosmicInputError(f"sample '{sample}': cannot read pairing table '{path}': {exc}") from None
+    missing = [c for c in PAIRING_COLUMNS if c not in table.columns]
+    if missing:
+        raise CosmicInputError(
+            f"sample '{sample}': pairing table '{path}' lacks columns {missing}; it needs "
+            f"{list(PAIRING_COLUMNS)} (barcode, image name without suffix, pixel row y, pixel column x)."
+        )
+    for column in ("y", "x"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    bad = table[table[["y", "x"]].isna().any(axis=1) | table["barcode"].isna()]
+    if len(bad):
+        raise CosmicInputError(
+            f"sample '{sample}': pairing table '{path}' has {len(bad)} rows without a barcode or a numeric "
+            f"position (first: row {bad.index[0] + 2}). Fill in or remove those rows."
+        )
+    dup = table["barcode"][table["barcode"].duplicated()].unique()
+    if len(dup):
+        raise CosmicInputError(
+            f"sample '{sample}': pairing table '{path}' lists {len(dup)} barcodes more than once "
+            f"(e.g. {list(dup[:3])}). Each barcode must point at one position."
+        )
+    return table
+
+
+def assign_nuclei(pairing: pd.DataFrame, nuclei: pd.DataFrame, masks: dict[str, np.ndarray],
+                  params: PairingParams) -> pd.DataFrame:
+    """For every pairing row: the nucleus row it belongs to (or -1) and a status.
+
+    ``nuclei`` is the per-nucleus table (columns image, label, centroid_y, centroid_x) and
+    ``masks`` maps image name to its label mask. Returns pairing with added columns
+    ``nucleus_row``, ``status`` and ``distance``.
+    """
+    out = pairing.copy()
+    out["nucleus_row"] = -1
+    out["status"] = NO_NUCLEUS
+    out["distance"] = np.nan
+    nuclei = nuclei.reset_index(drop=True)
+    for image, rows in out.groupby("image", sort=False):
+        in_image = nuclei.index[nuclei["image"] == image].to_numpy()
+        if image not in masks:
+            out.loc[rows.index, "status"] = UNKNOWN_IMAGE
+            continue
+        mask = masks[image]
+        label_to_row = dict(zip(nuclei.loc[in_image, "label"].astype(int), in_image))
+        ys = rows["y"].to_numpy()
+        xs = rows["x"].to_numpy()
+        iy = np.clip(np.round(ys).astype(int), 0, mask.shape[0] - 1)
+        ix = np.clip(np.round(xs).astype(int), 0, mask.shape[1] - 1)
+        inside = (ys >= -0.5) & (ys < mask.shape[0] - 0.5) & (xs >= -0.5) & (xs < mask.shape[1] - 0.5)
+        hit = np.where(inside, mask[iy, ix], 0)
+        centroids = nuclei.loc[in_image, ["centroid_y", "centroid_x"]].to_numpy(float)
+        tree = cKDTree(centroids) if len(centroids) else None
+        for k, idx in enumerate(rows.index):
+            row = label_to_row.get(int(hit[k]), -1)
+            if row >= 0:
+                out.at[idx, "nucleus_row"] = row
+                out.at[idx, "status"] = PAIRED
+                out.at[idx, "distance"] = float(np.hypot(nuclei.at[row, "centroid_y"] - ys[k],
+                                                         nuclei.at[row, "centroid_x"] - xs[k]))
+                continue
+            if tree is None:
+                continue
+            dists, near = tree.query((ys[k], xs[k]), k=min(2, len(centroids)))
+            dists, near = np.atleast_1d(dists), np.atleast_1d(near)
+            if dists[0] > params.max_distance:
+                continue
+            if len(dists) > 1 and dists[1] <= params.max_distance and dists[1] < params.ambiguity_ratio * dists[0]:
+                out.at[idx, "status"] = AMBIGUOUS
+                out.at[idx, "distance"] = float(dists[0])
+                continue
+            out.at[idx, "nucleus_row"] = int(in_image[near[0]])
+            out.at[idx, "status"] = PAIRED_NEAREST
+            out.at[idx, "distance"] = float(dists[0])
+    # A nucleus claimed by two barcodes cannot be attributed: drop all its claimants.
+    claimed = out["nucleus_row"] >= 0
+    counts = out.loc[claimed, "nucleus_row"].value_counts()
+    twice = out["nucleus_row"].isin(counts.index[counts > 1]) & claimed
+    out.loc[twice, "status"] = CLAIMED_TWICE
+    out.loc[twice, "nucleus_row"] = -1
+    return out
+
+
+def morphology_columns(nuclei: pd.DataFrame) -> list[str]:
+    return [c for c in nuclei.columns if c.startswith("morph_")]
+
+
+def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[str, np.ndarray],
+                pairing: pd.DataFrame, params: PairingParams, metadata: dict | None = None,
+                rna_dropped: pd.DataFrame | None = None, embedding: np.ndarray | None = None,
+                pairing_path=None) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Pair the RNA cells of one sample with their nuclei.
+
+    Returns the paired AnnData (one obs per paired cell, ids ``<sample>:<barcode>``) and a QC table
+    with one row per barcode seen in the pairing table or the RNA object and its status.
+    """
+    where = f"sample '{sample}': pairing table '{pairing_path or '<pairing>'}'"
+    rna_barcodes = pd.Index(rna.obs_names)
+    filtered = set(rna_dropped["barcode"]) if rna_dropped is not None and len(rna_dropped) else set()
+    in_rna = pairing["barcode"].isin(rna_barcodes)
+    if not in_rna.any() and not pairing["barcode"].isin(filtered).any():
+        raise CosmicInputError(
+            f"{where} shares no barcode with the count matrix ({len(pairing)} pairing barcodes, e.g. "
+            f"{list(pairing['barcode'][:2])}; {len(rna_barcodes)} expression barcodes, e.g. {list(rna_barcodes[:2])}). "
+            "Check that both come from the same run and use the same barcode format (e.g. the '-1' suffix)."
+        )
+    assigned = assign_nuclei(pairing, nuclei, masks, params)
+    assigned.loc[~in_rna.to_numpy(), "status"] = np.where(
+        assigned.loc[~in_rna.to_numpy(), "barcode"].isin(filtered), FILTERED, NOT_SEQUENCED)
+    assigned.loc[~in_rna.to_numpy(), "nucleus_row"] = -1
+    nuclei = nuclei.reset_index(drop=True)
+    if params.qc_pass_only and "qc_pass" in nuclei.columns:
+        failed = (assigned["nucleus_row"] >= 0) & ~nuclei["qc_pass"].reindex(assigned["nucleus_row"]).fillna(False).to_numpy()
+        assigned.loc[failed, "status"] = "nucleus_failed_imaging_qc"
+        assigned.loc[failed, "nucleus_row"] = -1
+
+    unpaired_rna = rna_barcodes.difference(pairing["barcode"])
+    qc = pd.concat([
+        assigned.assign(sample=sample),
+        pd.DataFrame({"sample": sample, "barcode": unpaired_rna, "status": "barcode_not_in_pairing_table",
+                      "nucleus_row": -1}),
+    ], ignore_index=True)
+    qc["nucleus_id"] = qc["nucleus_row"].map(lambda r: nuclei.at[r, "nucleus_id"] if r >= 0 else None)
+    qc = qc[["sample", "barcode", "status", "nucleus_id", "distance", "image", "y", "x"]]
+
+    ok = assigned[assigned["nucleus_row"] >= 0]
+    n_paired, n_rna = len(ok), rna.n_obs
+    if n_paired == 0:
+        raise CosmicInputError(
+            f"{where}: no barcode could be paired to a nucleus ({qc['status'].value_counts().to_dict()}). "
+            "Check that the positions are pixel coordinates (y = row, x = column) of the segmented images, "
+            "or raise pairing.max_distance."
+        )
+    if n_paired < n_rna or n_paired < len(pairing):
+        warnings.warn(
+            f"sample '{sample}': paired {n_paired} cells of {n_rna} expression barcodes and {len(pairing)} "
+            f"pairing rows; dropped: {qc.loc[~qc['status'].isin([PAIRED, PAIRED_NEAREST]), 'status'].value_counts().to_dict()}",
+            stacklevel=2,
+        )
+
+    rows = ok["nucleus_row"].to_numpy()
+    paired = rna[ok["barcode"].to_numpy()].copy()
+    morph_cols = morphology_columns(nuclei)
+    obs = pd.DataFrame({
+        "sample": sample,
+        "barcode": ok["barcode"].to_numpy(),
+        "nucleus_id": nuclei.loc[rows, "nucleus_id"].to_numpy(),
+        "image": nuclei.loc[rows, "image"].to_numpy(),
+        "label": nuclei.loc[rows, "label"].to_numpy(),
+        "crop_index": rows,
+        "pairing_distance": ok["distance"].to_numpy(),
+        "pairing_status": ok["status"].to_numpy(),
+    }, index=pd.Index([f"{sample}:{b}" for b in ok["barcode"]], name="cell_id"))
+    for key, value in (metadata or {}).items():
+        if key in SAMPLE_METADATA or key.startswith("meta_"):
+            obs[key] = value
+    for column in paired.obs.columns:
+        if column not in obs.columns:
+            obs[column] = paired.obs[column].to_numpy()
+    paired.obs = obs
+    paired.obsm["X_morph"] = nuclei.loc[rows, morph_cols].to_numpy(np.float32)
+    paired.uns["morph_features"] = morph_cols
+    key = f"X_{params.embedding}"
+    if key not in paired.obsm:
+        raise CosmicInputError(
+            f"sample '{sample}': the RNA object has no obsm['{key}'] (pairing.embedding = '{params.embedding}'); "
+            f"available: {sorted(paired.obsm)}. Set pairing.embedding to one of them."
+        )
+    paired.obsm["X_rna"] = np.asarray(paired.obsm[key], dtype=np.float32)
+    if embedding is not None:
+        paired.obsm["X_fm"] = np.asarray(embedding[rows], dtype=np.float32)
+    paired.uns["rna_embedding"] = params.embedding
+    paired.uns["pairing"] = {"sample": sample, "n_paired": int(n_paired), "n_rna_cells": int(n_rna),
+                             "n_pairing_rows": int(len(pairing)), "n_nuclei": int(len(nuclei))}
+    return paired, qc
+
+
+def summarise_qc(qc: pd.DataFrame) -> pd.DataFrame:
+    """Counts per sample and status (wide), plus the paired fraction of expression barcodes."""
+    wide = qc.pivot_table(index="sample", columns="status", values="barcode", aggfunc="count", fill_value=0)
+    paired = wide.reindex(columns=[PAIRED, PAIRED_NEAREST], fill_value=0).sum(axis=1)
+    sequenced = qc[~qc["status"].isin([NOT_SEQUENCED, FILTERED])].groupby("sample").size()
+    wide["paired_total"] = paired
+    wide["paired_fraction_of_cells"] = (paired / sequenced.reindex(wide.index)).round(4)
+    return wide.reset_index()
+
+
+def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
+    """Concatenate paired samples; recompute the PCA jointly (per-sample PCAs are not comparable)."""
+    import scanpy as sc
+
+    cohort = ad.concat(paired, join="inner", merge="same", uns_merge="same", index_unique=None)
+    if not cohort.obs_names.is_unique:
+        raise CosmicInputError("cell ids are not unique across samples: sample ids must be unique in the sample sheet")
+    for column in cohort.obs.columns:
+        if cohort.obs[column].dtype == object:
+            cohort.obs[column] = cohort.obs[column].astype(str).astype("category")
+    hvg_key = "highly_variable"
+    batch = "sample" if cohort.obs["sample"].nunique() > 1 else None
+    sc.pp.highly_variable_genes(cohort, n_top_genes=min(2000, cohort.n_vars), batch_key=batch)
+    n_comps = max(1, min(n_pcs, cohort.n_obs - 1, int(cohort.var[hvg_key].sum()) - 1))
+    sc.pp.pca(cohort, n_comps=n_comps, mask_var=hvg_key, random_state=seed)
+    if paired[0].uns.get("rna_embedding") == "pca":
+        cohort.obsm["X_rna"] = cohort.obsm["X_pca"].astype(np.float32)
+    cohort.uns["morph_features"] = list(paired[0].uns["morph_features"])
+    return cohort
+
+
+def read_masks(mask_paths: dict[str, str]) -> dict[str, np.ndarray]:
+    return {name: tifffile.imread(path) for name, path in mask_paths.items()}
+
+
+def write_table(table: pd.DataFrame, path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
