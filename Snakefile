@@ -6,6 +6,10 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/nuclei.smk"
+include: "workflow/rules/rna.smk"
+include: "workflow/rules/pair.smk"
 
 
 if DEMO:

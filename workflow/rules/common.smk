@@ -68,6 +68,67 @@ wildcard_constraints:
     image="[^/]+",
 
 
+def image_path(wildcards):
+    return IMAGES[wildcards.sample][wildcards.image]
+
+
+def mask_path(sample, image):
+    return f"{RESULTS}/segmentation/{sample}/{image}.mask.tif"
+
+
+def sample_images(wildcards):
+    return list(IMAGES[wildcards.sample].values())
+
+
+def sample_masks(wildcards):
+    return [mask_path(wildcards.sample, image) for image in IMAGES[wildcards.sample]]
+
+
+def all_masks(wildcards=None):
+    return [
+        mask_path(sample, image)
+        for sample, images in IMAGES.items()
+        for image in images
+    ]
+
+
+def demo_truth_masks(wildcards=None):
+    return [
+        f"{DEMO_DIR}/{sample}/truth_masks/{image}.tif"
+        for sample, images in IMAGES.items()
+        for image in images
+    ]
+
+
+def sample_value(sample, column, default=None):
+    """A sample-sheet value, or the default when the column is absent or empty."""
+    value = SAMPLES.loc[sample].get(column, default)
+    return default if pd.isna(value) else value
+
+
+def sample_metadata(sample):
+    """Sample-sheet metadata carried into the paired AnnData's obs."""
+    return {
+        column: SAMPLES.loc[sample, column]
+        for column in SAMPLES.columns
+        if column in ("condition", "cell_line", "treatment", "response")
+        or column.startswith("meta_")
+        if not pd.isna(SAMPLES.loc[sample, column])
+    }
+
+
+def rna_inputs(wildcards):
+    inputs = {"counts": SAMPLES.loc[wildcards.sample, "counts"]}
+    embedding = sample_value(wildcards.sample, "embedding")
+    if embedding:
+        inputs["embedding"] = embedding
+    return inputs
+
+
+def pairing_table(wildcards):
+    return SAMPLES.loc[wildcards.sample, "pairing"]
+
+
 def demo_outputs():
     """Every file the demo generator writes (empty when running on user data)."""
     if not DEMO:
@@ -92,4 +153,20 @@ def demo_outputs():
 
 def all_outputs():
     """Final targets of every stage that exists."""
-    return demo_outputs()
+    targets = demo_outputs()
+    for sample in SAMPLES.index:
+        targets += [
+            f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
+            f"{RESULTS}/nuclei/{sample}/crops.npy",
+            f"{RESULTS}/rna/{sample}.qc.png",
+        ]
+    targets += [
+        f"{RESULTS}/paired/cohort.h5ad",
+        f"{RESULTS}/paired/pairing_summary.tsv",
+    ]
+    if DEMO:
+        targets += [
+            f"{RESULTS}/qc/segmentation_quality.tsv",
+            f"{RESULTS}/qc/pairing_accuracy.tsv",
+        ]
+    return targets

@@ -1,4 +1,5 @@
-# Embedded IRIS-like demo dataset with known ground truth (only when `demo: true`).
+# Embedded IRIS-like demo dataset with known ground truth, and the scoring of the
+# workflow's stages against that truth (only when `demo: true`).
 
 
 rule demo:
@@ -17,3 +18,39 @@ rule demo:
         outdir=lambda wildcards, output: str(Path(output[0]).parent),
     script:
         "../scripts/demo.py"
+
+
+rule segmentation_quality:
+    input:
+        masks=all_masks,
+        truth=demo_truth_masks,
+        images=[path for images in IMAGES.values() for path in images.values()],
+    output:
+        table=f"{RESULTS}/qc/segmentation_quality.tsv",
+        figure=report(
+            f"{RESULTS}/qc/segmentation_overlays.png",
+            caption="../report/segmentation_overlays.rst",
+            category="Quality control",
+        ),
+    log:
+        f"{RESULTS}/logs/segmentation_quality.log",
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../scripts/segmentation_quality.py"
+
+
+rule pairing_accuracy:
+    input:
+        cohort=f"{RESULTS}/paired/cohort.h5ad",
+        truth=f"{DEMO_DIR}/ground_truth.tsv",
+        masks=all_masks,
+        truth_masks=demo_truth_masks,
+    output:
+        f"{RESULTS}/qc/pairing_accuracy.tsv",
+    log:
+        f"{RESULTS}/logs/pairing_accuracy.log",
+    conda:
+        "../envs/rna.yaml"
+    script:
+        "../scripts/pairing_accuracy.py"

@@ -13,11 +13,16 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tifffile
 from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match_instances", "evaluate_folder", "iou_matrix", "make_synthetic_nuclei"]
+from .atomic import atomic_path
+
+__all__ = ["match_instances", "evaluate_folder", "evaluate_mask_files", "iou_matrix",
+           "make_synthetic_nuclei", "plot_overlays", "write_quality_table"]
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -184,3 +189,80 @@ def make_synthetic_nuclei(
     if info is not None:
         img = np.clip(np.round(img), info.min, info.max)
     return img.astype(dtype), labels
+
+
+def _sample_image(mask_path) -> tuple[str, str]:
+    """(sample, image) from a workflow mask path ``.../segmentation/<sample>/<image>.mask.tif``."""
+    path = Path(mask_path)
+    return path.parent.name, path.name.removesuffix(".mask.tif")
+
+
+def evaluate_mask_files(pairs, iou_threshold: float = 0.5) -> pd.DataFrame:
+    """Score predicted masks against true masks: one row per image plus an ``ALL`` row.
+
+    ``pairs`` holds (predicted mask path, true mask path). The ``ALL`` row pools the matches
+    of every image (micro average), so large images weigh more than in a mean of F1s.
+    """
+    rows = []
+    for pred_path, true_path in pairs:
+        sample, image = _sample_image(pred_path)
+        scores = match_instances(tifffile.imread(pred_path), tifffile.imread(true_path), iou_threshold)
+        rows.append({"sample": sample, "image": image, **scores})
+    table = pd.DataFrame(rows)
+    if len(table):
+        tp, n_pred, n_true = table["n_matched"].sum(), table["n_pred"].sum(), table["n_true"].sum()
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        pooled = {
+            "sample": "ALL", "image": "ALL", "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "mean_matched_iou": float(np.average(table["mean_matched_iou"].fillna(0), weights=table["n_matched"]))
+            if tp else float("nan"),
+            "n_true": int(n_true), "n_pred": int(n_pred), "n_matched": int(tp), "iou_threshold": iou_threshold,
+        }
+        table = pd.concat([table, pd.DataFrame([pooled])], ignore_index=True)
+    return table
+
+
+def write_quality_table(table: pd.DataFrame, path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+
+
+def plot_overlays(pairs, path, images=None, n_panels: int = 2, window: int = 256) -> None:
+    """Predicted (red) and true (green) outlines over the DNA channel for a few images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from .imageio import read_image
+
+    pairs = list(pairs)[:n_panels]
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(6 * max(len(pairs), 1), 6), squeeze=False)
+    for ax, k in zip(axes[0], range(len(pairs))):
+        pred, true = (tifffile.imread(p) for p in pairs[k])
+        h, w = pred.shape
+        top, left = max((h - window) // 2, 0), max((w - window) // 2, 0)
+        sl = (slice(top, top + window), slice(left, left + window))
+        if images is not None:
+            dna = read_image(images[k]).dna[sl]
+            lo, hi = np.percentile(dna, [1, 99.8])
+            ax.imshow(np.clip((dna - lo) / (hi - lo + 1e-9), 0, 1), cmap="gray")
+        else:
+            ax.imshow(np.zeros((min(window, h), min(window, w))), cmap="gray")
+        overlay = np.zeros(pred[sl].shape + (4,))
+        overlay[find_boundaries(true[sl], mode="inner")] = (0, 1, 0, 1)
+        overlay[find_boundaries(pred[sl], mode="inner")] = (1, 0, 0, 1)
+        ax.imshow(overlay)
+        sample, image = _sample_image(pairs[k][0])
+        scores = match_instances(pred, true)
+        ax.set_title(f"{sample} / {image}: F1@0.5 = {scores['f1']:.3f}")
+        ax.set_xlabel(f"x (px, from {left})")
+        ax.set_ylabel(f"y (px, from {top})")
+    fig.suptitle("Segmentation (red) vs true nuclei (green)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)

@@ -1,0 +1,25 @@
+# Per-nucleus table (region-property features, QC flags) and crop bank, one job per sample.
+
+
+rule nuclei:
+    input:
+        images=sample_images,
+        masks=sample_masks,
+    output:
+        table=f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet",
+        crops=f"{RESULTS}/nuclei/{{sample}}/crops.npy",
+    log:
+        f"{RESULTS}/logs/nuclei/{{sample}}.log",
+    conda:
+        "../envs/imaging.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
+        segmentation=config["segmentation"],
+        nuclei=config["nuclei"],
+        dna_channel=config["imaging"]["dna_channel"],
+        z_projection=config["imaging"]["z_projection"],
+    script:
+        "../scripts/nuclei.py"

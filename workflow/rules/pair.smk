@@ -1,0 +1,45 @@
+# Image <-> RNA pairing per sample, and the cohort object of all samples.
+
+
+rule pair:
+    input:
+        rna=f"{RESULTS}/rna/{{sample}}.h5ad",
+        dropped=f"{RESULTS}/rna/{{sample}}.dropped_cells.tsv",
+        nuclei=f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet",
+        masks=sample_masks,
+        pairing=pairing_table,
+    output:
+        h5ad=f"{RESULTS}/paired/{{sample}}.h5ad",
+        qc=f"{RESULTS}/paired/{{sample}}.pairing_qc.tsv",
+    log:
+        f"{RESULTS}/logs/pair/{{sample}}.log",
+    conda:
+        "../envs/rna.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
+        pairing=config["pairing"],
+        metadata=lambda wildcards: sample_metadata(wildcards.sample),
+    script:
+        "../scripts/pair.py"
+
+
+rule cohort:
+    input:
+        paired=expand(f"{RESULTS}/paired/{{sample}}.h5ad", sample=SAMPLES.index),
+        qc=expand(f"{RESULTS}/paired/{{sample}}.pairing_qc.tsv", sample=SAMPLES.index),
+    output:
+        h5ad=f"{RESULTS}/paired/cohort.h5ad",
+        summary=f"{RESULTS}/paired/pairing_summary.tsv",
+    log:
+        f"{RESULTS}/logs/cohort.log",
+    conda:
+        "../envs/rna.yaml"
+    resources:
+        mem_mb=8000,
+    params:
+        n_pcs=config["rna"]["n_pcs"],
+        seed=config["seed"],
+    script:
+        "../scripts/cohort.py"

@@ -1,0 +1,19 @@
+"""Rule `nuclei`: masks + images of one sample -> nuclei.parquet and crops.npy."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from cosmic.nuclei import build_nuclei_outputs
+
+table = build_nuclei_outputs(
+    snakemake.wildcards.sample,
+    list(zip(snakemake.params.image_names, snakemake.input.images, snakemake.input.masks)),
+    snakemake.output.table,
+    snakemake.output.crops,
+    seg_params=snakemake.params.segmentation,
+    nuclei_params=snakemake.params.nuclei,
+    dna_channel=snakemake.params.dna_channel,
+    z_projection=snakemake.params.z_projection,
+)
+print(f"{len(table)} nuclei, {int(table['qc_pass'].sum()) if len(table) else 0} pass QC", file=sys.stderr)
