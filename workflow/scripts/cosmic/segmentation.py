@@ -116,7 +116,7 @@ class SegmentationParams:
 
     @property
     def area_min(self) -> float:
-        return self.min_area if self.min_area is not None else 0.1 * self.expected_area
+        return self.min_area if self.min_area is not None else 0.2 * self.expected_area
 
     @property
     def area_max(self) -> float:
