@@ -60,3 +60,33 @@ def test_rerun_is_a_no_op(finished_run):
     again = run_snakemake("-n", "--configfile", REPO / ".test/config/config.yaml", "--directory", results.parent)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:")[1].split("\n\n")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in stats.strip().splitlines()[2:]}
+
+
+def test_adding_a_sample_reruns_only_its_jobs_and_the_cohort(finished_run):
+    """The demo data used as a user's sample sheet: up to date; a new sample adds only its jobs."""
+    import shutil
+
+    results, _ = finished_run
+    workdir = results.parent
+    sheet = pd.read_csv(results / "demo" / "samples.tsv", sep="\t")
+    (workdir / "user.yaml").write_text("demo: false\nsamples: user_samples.tsv\n")
+    sheet.to_csv(workdir / "user_samples.tsv", sep="\t", index=False)
+    same = run_snakemake("-n", "--configfile", "user.yaml", "--directory", workdir, cwd=workdir)
+    assert same.returncode == 0, same.stderr
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+    shutil.copytree(results / "demo" / "demo_control", workdir / "raw" / "extra")
+    extra = sheet.iloc[[0]].assign(sample="extra", images="raw/extra/images", counts="raw/extra/counts",
+                                   pairing="raw/extra/pairing.tsv")
+    pd.concat([sheet, extra]).to_csv(workdir / "user_samples.tsv", sep="\t", index=False)
+    more = run_snakemake("-n", "--configfile", "user.yaml", "--directory", workdir, cwd=workdir)
+    assert more.returncode == 0, more.stderr
+    n_images = len(list((workdir / "raw" / "extra" / "images").glob("*.tif")))
+    assert job_counts(more.stdout) == {"segment": n_images, "nuclei": 1, "rna": 1, "pair": 1, "cohort": 1,
+                                       "all": 1, "total": n_images + 5}
+    assert "results/segmentation/demo_control" not in more.stdout
