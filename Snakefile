@@ -10,6 +10,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/nuclei.smk"
 include: "workflow/rules/rna.smk"
 include: "workflow/rules/pair.smk"
+include: "workflow/rules/report.smk"
 
 
 if DEMO:

@@ -90,3 +90,21 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_cohort(finished_run):
     assert job_counts(more.stdout) == {"segment": n_images, "nuclei": 1, "rna": 1, "pair": 1, "cohort": 1,
                                        "all": 1, "total": n_images + 5}
     assert "results/segmentation/demo_control" not in more.stdout
+
+
+def test_reports_are_rendered(finished_run):
+    results, _ = finished_run
+    index = (results / "reports" / "index.html").read_text()
+    assert 'href="qc.html"' in index
+    html = (results / "reports" / "qc.html").read_text()
+    assert html.count("data:image/png;base64") >= 4  # overlays, DNA content, RNA QC, pairing
+    assert "Traceback" not in html
+
+
+def test_snakemake_report_bundles_key_figures(finished_run):
+    results, _ = finished_run
+    out = results.parent / "report.html"
+    result = run_snakemake("--report", out, "--configfile", REPO / ".test/config/config.yaml",
+                           "--directory", results.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 50_000

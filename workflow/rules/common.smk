@@ -129,6 +129,43 @@ def pairing_table(wildcards):
     return SAMPLES.loc[wildcards.sample, "pairing"]
 
 
+REPORTS = ["qc"]
+
+
+def report_inputs(wildcards):
+    """The notebook and every file it reads."""
+    notebook = str(
+        Path(workflow.basedir) / "workflow" / "notebooks" / f"{wildcards.name}.ipynb"
+    )
+    data = []
+    if wildcards.name == "qc":
+        for sample in SAMPLES.index:
+            data += [
+                f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
+                f"{RESULTS}/rna/{sample}.qc.png",
+                f"{RESULTS}/rna/{sample}.dropped_cells.tsv",
+                f"{RESULTS}/paired/{sample}.pairing_qc.tsv",
+            ]
+        data += all_masks() + [f"{RESULTS}/paired/pairing_summary.tsv"]
+        if DEMO:
+            data += [
+                f"{RESULTS}/qc/segmentation_quality.tsv",
+                f"{RESULTS}/qc/pairing_accuracy.tsv",
+            ]
+    return {"notebook": notebook, "data": data}
+
+
+def report_parameters(wildcards):
+    """Values injected into the notebook's `parameters` cell."""
+    return {
+        "results": RESULTS,
+        "samples": list(SAMPLES.index),
+        "images": {sample: dict(images) for sample, images in IMAGES.items()},
+        "demo": bool(DEMO),
+        "dna_channel": config["imaging"]["dna_channel"],
+    }
+
+
 def demo_outputs():
     """Every file the demo generator writes (empty when running on user data)."""
     if not DEMO:
@@ -163,6 +200,7 @@ def all_outputs():
     targets += [
         f"{RESULTS}/paired/cohort.h5ad",
         f"{RESULTS}/paired/pairing_summary.tsv",
+        f"{RESULTS}/reports/index.html",
     ]
     if DEMO:
         targets += [

@@ -1,0 +1,48 @@
+# Report notebooks: papermill executes workflow/notebooks/<name>.ipynb with the run's paths and
+# config, nbconvert renders it to HTML, and an index page links them.
+
+
+rule report_notebook:
+    input:
+        unpack(report_inputs),
+    output:
+        f"{RESULTS}/reports/{{name}}.ipynb",
+    log:
+        f"{RESULTS}/logs/report/{{name}}.log",
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        parameters=report_parameters,
+    script:
+        "../scripts/report_notebook.py"
+
+
+rule report_html:
+    input:
+        f"{RESULTS}/reports/{{name}}.ipynb",
+    output:
+        f"{RESULTS}/reports/{{name}}.html",
+    log:
+        f"{RESULTS}/logs/report/{{name}}.html.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "jupyter nbconvert --to html --no-input --output-dir $(dirname {output}) "
+        "--output $(basename {output}) {input} > {log} 2>&1"
+
+
+rule report_index:
+    input:
+        expand(f"{RESULTS}/reports/{{name}}.html", name=REPORTS),
+    output:
+        f"{RESULTS}/reports/index.html",
+    log:
+        f"{RESULTS}/logs/report/index.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        titles=REPORTS,
+    script:
+        "../scripts/report_index.py"

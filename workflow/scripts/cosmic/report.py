@@ -1,0 +1,30 @@
+"""Report helpers: the index page linking the rendered notebooks."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+from .atomic import atomic_path
+
+REPORT_TITLES = {
+    "qc": ("Quality control", "images and segmentation, nuclear features, RNA QC, pairing"),
+}
+
+
+def write_index(pages: list[str], names: list[str], path) -> None:
+    """Write ``index.html`` with one link per rendered report page."""
+    path = Path(path)
+    items = []
+    for page, name in zip(pages, names):
+        title, blurb = REPORT_TITLES.get(name, (name, ""))
+        href = os.path.relpath(page, path.parent)
+        items.append(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a>: {html.escape(blurb)}</li>')
+    body = "\n".join(items)
+    text = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>COSMIC reports</title></head>\n"
+        "<body><h1>COSMIC reports</h1>\n<ul>\n" + body + "\n</ul></body></html>\n"
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
