@@ -9,7 +9,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/nuclei.smk"
 include: "workflow/rules/rna.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/embed.smk"
 include: "workflow/rules/pair.smk"
+include: "workflow/rules/cosmic.smk"
 include: "workflow/rules/report.smk"
 
 

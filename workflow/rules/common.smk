@@ -129,6 +129,14 @@ def pairing_table(wildcards):
     return SAMPLES.loc[wildcards.sample, "pairing"]
 
 
+def cosmic_inputs(wildcards):
+    """The paired cohort, and the foundation model whose decoder renders generated nuclei."""
+    inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
+    if config["cosmic"]["representation"] != "morph":
+        inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
+    return inputs
+
+
 REPORTS = ["qc"]
 
 
@@ -201,6 +209,7 @@ def all_outputs():
         f"{RESULTS}/paired/cohort.h5ad",
         f"{RESULTS}/paired/pairing_summary.tsv",
         f"{RESULTS}/reports/index.html",
+        f"{RESULTS}/cosmic/metrics.json",
     ]
     if DEMO:
         targets += [

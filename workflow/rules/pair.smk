@@ -6,6 +6,7 @@ rule pair:
         rna=f"{RESULTS}/rna/{{sample}}.h5ad",
         dropped=f"{RESULTS}/rna/{{sample}}.dropped_cells.tsv",
         nuclei=f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet",
+        embedding=f"{RESULTS}/nuclei/{{sample}}/embedding.npy",
         masks=sample_masks,
         pairing=pairing_table,
     output:

@@ -7,6 +7,7 @@ sys.stderr = open(snakemake.log[0], "w")
 logging.captureWarnings(True)
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from cosmic import pairing
@@ -22,6 +23,7 @@ paired, qc = pairing.pair_sample(
     pairing.PairingParams.from_config(snakemake.params.pairing),
     metadata=snakemake.params.metadata,
     rna_dropped=pd.read_csv(snakemake.input.dropped, sep="\t", dtype={"barcode": str}),
+    embedding=np.load(snakemake.input.embedding, mmap_mode="r"),
     pairing_path=snakemake.input.pairing,
 )
 pairing.write_table(qc, snakemake.output.qc)

@@ -1,0 +1,173 @@
+"""Tests of the COSMIC cross-modal model (cosmic.model): shapes, no leakage, seeds, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cosmic import model as cm
+from cosmic.errors import CosmicInputError
+from cosmic.splits import make_splits
+
+FAST = dict(epochs=40, patience=10, hidden_dim=32, latent_dim=2, n_rna_pcs=6, n_hvg=40, batch_size=64,
+            n_samples=20, n_bootstrap=20, n_clusters=3, knn_neighbors=10)
+
+
+def synthetic_cohort(n=400, n_genes=60, n_morph=8, seed=0, fm_dims=0, shared_strength=1.0) -> ad.AnnData:
+    """Two samples; a planted shared factor drives half the genes and half the morphology features."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=(n, 2))
+    load_g = np.zeros((2, n_genes))
+    load_g[:, : n_genes // 2] = rng.normal(size=(2, n_genes // 2)) * shared_strength
+    expr = np.log1p(np.exp(0.5 + shared @ load_g * 0.6 + 0.4 * rng.normal(size=(n, n_genes))))
+    load_m = np.zeros((2, n_morph))
+    load_m[:, : n_morph // 2] = rng.normal(size=(2, n_morph // 2)) * shared_strength
+    morph = shared @ load_m + 0.5 * rng.normal(size=(n, n_morph))
+    morph = morph * np.geomspace(0.01, 1000, n_morph) + 50  # very different scales
+    obs = pd.DataFrame({"sample": np.where(np.arange(n) % 2, "s1", "s2"),
+                        "barcode": [f"BC{i:05d}" for i in range(n)],
+                        "treatment": np.where(np.arange(n) % 2, "drug", "control")},
+                       index=[f"cell{i}" for i in range(n)])
+    a = ad.AnnData(X=expr.astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    a.obsm["X_morph"] = morph.astype(np.float32)
+    a.uns["morph_features"] = np.array([f"morph_f{i}" for i in range(n_morph)])
+    if fm_dims:
+        a.obsm["X_fm"] = (np.hstack([shared, rng.normal(size=(n, fm_dims - 2))]) @ rng.normal(size=(fm_dims, fm_dims))
+                          ).astype(np.float32)
+    return a
+
+
+def test_params_reject_unknown_and_bad_values():
+    p = cm.CosmicParams.from_config({"n_rna_pcs": 10, "covariates": ["sample"]})
+    assert p.n_rna_pcs == 10 and p.covariates == ["sample"]
+    with pytest.raises(CosmicInputError, match="unknown key"):
+        cm.CosmicParams.from_config({"n_pcs": 10})
+    with pytest.raises(CosmicInputError, match="representation"):
+        cm.CosmicParams.from_config({"representation": "pixels"})
+    with pytest.raises(CosmicInputError, match="split_fractions"):
+        cm.CosmicParams.from_config({"split_fractions": [0.5, 0.5]})
+    with pytest.raises(CosmicInputError, match="lr"):
+        cm.CosmicParams.from_config({"lr": -1})
+    a = synthetic_cohort(n=50)
+    with pytest.raises(CosmicInputError, match="X_fm"):
+        cm.resolve_representation(a, "fm")
+    assert cm.resolve_representation(a, "auto") == "morph"
+    assert cm.resolve_representation(synthetic_cohort(n=50, fm_dims=6), "auto") == "fm"
+
+
+def test_model_shapes():
+    p = cm.CosmicParams.from_config(FAST)
+    net = cm.CosmicModel(rep_dim=8, rna_dim=6, n_genes=40, morph_dim=8, cov_dim=2, params=p, use_fm=False)
+    b = {"rep": torch.randn(5, 8), "rna": torch.randn(5, 6), "expr": torch.randn(5, 40), "morph": torch.randn(5, 8),
+         "cov": torch.zeros(5, 2)}
+    loss = net.losses(b, p)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    c = torch.cat([b["rep"], b["cov"]], 1)
+    assert net.m2r.mean(c).shape == (5, 6)
+    assert net.m2r.sample(c, 7).shape == (7, 5, 6)
+    assert net.r2m.sample(torch.cat([b["rna"], b["cov"]], 1), 3).shape == (3, 5, 8)
+    assert net.expr_decoder(torch.randn(5, 6)).shape == (5, 40)
+    p0 = cm.CosmicParams.from_config({**FAST, "latent_dim": 0})
+    net0 = cm.CosmicModel(8, 6, 40, 8, 2, p0, use_fm=False)
+    assert net0.m2r.sample(c, 4).shape == (4, 5, 6)
+
+
+def test_preprocessor_has_no_leakage():
+    """Changing (or removing) test cells leaves every fitted transform unchanged."""
+    a = synthetic_cohort(n=200)
+    split = make_splits(a.obs, (0.6, 0.2, 0.2), seed=0)
+    train = (split == "train").to_numpy()
+    pre = cm.Preprocessor(n_hvg=20, n_pcs=5, representation="morph", covariates=["sample"]).fit(a[train])
+    b = a.copy()
+    test = (split == "test").to_numpy()
+    rng = np.random.default_rng(9)
+    b.X[test] = rng.normal(5, 3, size=b.X[test].shape).astype(np.float32)
+    b.obsm["X_morph"][test] = 1e6
+    b.obs.loc[test, "sample"] = "unseen"
+    fitted = {}
+    for data in (a, b):
+        split_b = make_splits(data.obs.assign(sample=a.obs["sample"]), (0.6, 0.2, 0.2), seed=0)
+        assert split_b.equals(split)
+        fitted[id(data)] = cm.Preprocessor(20, 5, "morph", ["sample"]).fit(data[(split_b == "train").to_numpy()])
+    for pp in fitted.values():
+        for k, v in pre.state.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(v, pp.state[k])
+            else:
+                assert v == pp.state[k]
+    # and the end-to-end fit on the perturbed cohort trains exactly the same model
+    p = cm.CosmicParams.from_config({**FAST, "epochs": 3})
+    r1 = cm.fit_cosmic(a, split, p, progress=False)
+    r2 = cm.fit_cosmic(b, split, p, progress=False)
+    for k, v in r1["model"].state_dict().items():
+        torch.testing.assert_close(v, r2["model"].state_dict()[k])
+    # the stored state round-trips
+    again = cm.Preprocessor.from_state_dict(pre.state_dict())
+    np.testing.assert_array_equal(again.transform(a)["rna"], pre.transform(a)["rna"])
+
+
+def test_reproducible_by_seed(tmp_path):
+    a = synthetic_cohort(n=200)
+    split = make_splits(a.obs, seed=0)
+    p = cm.CosmicParams.from_config({**FAST, "epochs": 5})
+    r1 = cm.fit_cosmic(a, split, p, progress=False)
+    r2 = cm.fit_cosmic(a, split, p, progress=False)
+    r3 = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**FAST, "epochs": 5, "seed": 1}), progress=False)
+    s1, s2, s3 = (r["model"].state_dict() for r in (r1, r2, r3))
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+    pr1 = cm.predict(r1["model"], r1["preprocessor"], a[:20], 5, seed=0)
+    pr2 = cm.predict(r2["model"], r2["preprocessor"], a[:20], 5, seed=0)
+    np.testing.assert_array_equal(pr1["expr_samples"], pr2["expr_samples"])
+
+
+def test_checkpoint_resume(tmp_path):
+    a = synthetic_cohort(n=200)
+    split = make_splits(a.obs, seed=0)
+    p = cm.CosmicParams.from_config({**FAST, "epochs": 12, "patience": 100})
+    full = cm.fit_cosmic(a, split, p, outdir=tmp_path / "full", progress=False)
+    assert (tmp_path / "full" / cm.MODEL).exists() and (tmp_path / "full" / cm.CHECKPOINT).exists()
+    # a finished checkpoint is resumed without further training
+    again = cm.fit_cosmic(a, split, p, outdir=tmp_path / "full", progress=False)
+    assert again["epochs_run"] == full["epochs_run"]
+    assert all(torch.equal(v, again["model"].state_dict()[k]) for k, v in full["model"].state_dict().items())
+    model, pre, params = cm.load_model(tmp_path / "full" / cm.MODEL, device="cpu")
+    assert params.epochs == 12 and pre.state["components"].shape[0] == FAST["n_rna_pcs"]
+
+
+def test_run_cosmic_end_to_end_beats_mean(tmp_path):
+    a = synthetic_cohort(n=500, fm_dims=6)
+    p = {**FAST, "epochs": 60, "covariates": ["treatment"], "n_output_samples": 2}
+    decode = lambda z: np.tanh(np.asarray(z)[:, :1, None, None] * np.ones((1, 1, 8, 8)))  # noqa: E731
+    r = cm.run_cosmic(a, tmp_path / "models", tmp_path / "predictions.h5ad", tmp_path / "metrics.json",
+                      tmp_path / "variance_decomposition.tsv", p, figures_dir=tmp_path / "figures",
+                      decode_images=decode, progress=False)
+    vd = r["variance_decomposition"]
+    t, m = vd["transcriptome_explained_by_morphology"], vd["morphology_explained_by_transcriptome"]
+    assert t["cosmic"]["value"] > t["mean"]["value"] + 0.05
+    assert m["cosmic"]["value"] > m["mean"]["value"] + 0.05
+    assert r["matching"]["rna_to_morphology"]["cosmic"]["foscttm"] < 0.4
+    assert r["representation"] == "fm" and "fm_embedding" in r["rna_to_morphology"]
+    assert 0 <= r["calibration"]["rna_embedding"] <= 1
+    pred = ad.read_h5ad(tmp_path / "predictions.h5ad")
+    n_test = r["n_cells"]["test"]
+    assert pred.n_obs == n_test and set(pred.obs["split"]) == {"test"}
+    assert {"predicted_mean", "predicted_sample_0", "predicted_sample_1"} <= set(pred.layers)
+    assert pred.obsm["X_morph_generated"].shape == (n_test, 6)
+    imgs = np.load(tmp_path / "predictions_generated_images.npy")
+    assert imgs.shape == (3, n_test, 1, 8, 8)
+    # test cells only, never seen in training
+    split = make_splits(a.obs, cm.CosmicParams.from_config(p).fractions, 0, "sample")
+    assert set(pred.obs_names) == set(split.index[split == "test"])
+    table = pd.read_csv(tmp_path / "variance_decomposition.tsv", sep="\t")
+    assert {"morphology_to_rna", "rna_to_morphology", "rna_to_fm"} == set(table["direction"])
+    assert {"r2_cosmic", "r2_ridge", "r2_knn", "r2_mean"} <= set(table.columns)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["n_cells"]["test"] == n_test
+    assert (tmp_path / "figures" / "gene_r2_ranked.png").exists()
+    assert (tmp_path / "figures" / "generated_nuclei.png").exists()

@@ -1,0 +1,20 @@
+# One foundation-model embedding per nucleus, in crop-bank order.
+
+
+rule embed:
+    input:
+        model=f"{RESULTS}/models/foundation/model.pt",
+        crops=f"{RESULTS}/nuclei/{{sample}}/crops.npy",
+    output:
+        f"{RESULTS}/nuclei/{{sample}}/embedding.npy",
+    log:
+        f"{RESULTS}/logs/embed/{{sample}}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        batch_size=256,
+    script:
+        "../scripts/embed.py"

@@ -1,0 +1,22 @@
+# Self-supervised nuclei foundation model, pretrained on all crops of all samples.
+# Several GPUs in one job (resources gpu > 1, see profiles/slurm) run under torchrun with DDP.
+
+
+rule pretrain:
+    input:
+        crops=expand(f"{RESULTS}/nuclei/{{sample}}/crops.npy", sample=SAMPLES.index),
+    output:
+        model=f"{RESULTS}/models/foundation/model.pt",
+        config=f"{RESULTS}/models/foundation/config.json",
+    log:
+        f"{RESULTS}/logs/pretrain.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        foundation=config["foundation"],
+    script:
+        "../scripts/pretrain.py"

@@ -1,0 +1,33 @@
+"""Join workflow outputs to the demo generator's ground truth (for scoring only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import tifffile
+
+from .pairing import majority_true_label
+
+
+def annotate_nuclei(nuclei: pd.DataFrame, mask_pairs, truth: pd.DataFrame) -> pd.DataFrame:
+    """Add the true state of each segmented nucleus (the true nucleus covering most of it).
+
+    ``mask_pairs`` holds (segmented mask, true mask) paths laid out as
+    ``segmentation/<sample>/<image>.mask.tif``. Nuclei that cover mostly background (debris,
+    micronuclei) get ``true_label`` 0 and missing truth columns.
+    """
+    lookup = {}
+    for pred_path, true_path in mask_pairs:
+        pred_path = Path(pred_path)
+        key = (pred_path.parent.name, pred_path.name.removesuffix(".mask.tif"))
+        lookup[key] = majority_true_label(tifffile.imread(pred_path), tifffile.imread(true_path))
+    out = nuclei.copy()
+    out["true_label"] = [
+        lookup.get((str(s), str(i)), {}).get(int(label), 0)
+        for s, i, label in zip(out["sample"], out["image"], out["label"])
+    ]
+    columns = ["sample", "image", "true_label", "cell_type", "phase", "cycle_position", "treatment",
+               "response", "dna_content", "polyploid", "mitotic_arrest", "barcode"]
+    truth = truth[[c for c in columns if c in truth.columns]]
+    return out.merge(truth, on=["sample", "image", "true_label"], how="left", suffixes=("", "_true"))
