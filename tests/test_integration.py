@@ -48,7 +48,7 @@ def test_cohort_opens_in_scanpy(finished_run):
 
     results, _ = finished_run
     cohort = sc.read_h5ad(results / "paired" / "cohort.h5ad")
-    assert {"X_morph", "X_rna", "X_pca"} <= set(cohort.obsm)
+    assert {"X_morph", "X_rna", "X_pca", "X_fm"} <= set(cohort.obsm)
     assert set(cohort.obs["sample"]) == {"demo_control", "demo_docetaxel"}
     assert cohort.obs_names.is_unique and cohort.obs_names.str.startswith("demo_").all()
     assert "counts" in cohort.layers
@@ -67,14 +67,18 @@ def job_counts(output: str) -> dict[str, int]:
     return {line.split()[0]: int(line.split()[1]) for line in stats.strip().splitlines()[2:]}
 
 
-def test_adding_a_sample_reruns_only_its_jobs_and_the_cohort(finished_run):
+def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):
     """The demo data used as a user's sample sheet: up to date; a new sample adds only its jobs."""
     import shutil
 
     results, _ = finished_run
     workdir = results.parent
     sheet = pd.read_csv(results / "demo" / "samples.tsv", sep="\t")
-    (workdir / "user.yaml").write_text("demo: false\nsamples: user_samples.tsv\n")
+    import yaml
+
+    user_config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    user_config.update(demo=False, samples="user_samples.tsv")
+    (workdir / "user.yaml").write_text(yaml.safe_dump(user_config))
     sheet.to_csv(workdir / "user_samples.tsv", sep="\t", index=False)
     target = "results/paired/cohort.h5ad"
     same = run_snakemake("-n", target, "--configfile", "user.yaml", "--directory", workdir, cwd=workdir)
@@ -88,9 +92,11 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_cohort(finished_run):
     more = run_snakemake("-n", target, "--configfile", "user.yaml", "--directory", workdir, cwd=workdir)
     assert more.returncode == 0, more.stderr
     n_images = len(list((workdir / "raw" / "extra" / "images").glob("*.tif")))
-    assert job_counts(more.stdout) == {"segment": n_images, "nuclei": 1, "rna": 1, "pair": 1, "cohort": 1,
-                                       "total": n_images + 4}
-    assert "results/segmentation/demo_control" not in more.stdout
+    # Per-sample work runs for the new sample only. The foundation model is pretrained on the crops
+    # of all samples, so it (and what depends on it) is refreshed with the new sample's nuclei.
+    assert job_counts(more.stdout) == {"segment": n_images, "nuclei": 1, "rna": 1, "pretrain": 1, "embed": 3,
+                                       "pair": 3, "cohort": 1, "total": n_images + 10}
+    assert "output: results/segmentation/demo_control" not in more.stdout
 
 
 def test_reports_are_rendered(finished_run):
@@ -109,3 +115,30 @@ def test_snakemake_report_bundles_key_figures(finished_run):
                            "--directory", results.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 50_000
+
+
+def test_foundation_model_is_trained_embedded_and_probed(finished_run):
+    results, _ = finished_run
+    log = pd.read_csv(results / "models" / "foundation" / "train_log.tsv", sep="\t")
+    assert log["step"].max() == 30  # .test config: max_steps 30
+    probes = pd.read_csv(results / "qc" / "foundation_probes.tsv", sep="\t")
+    assert set(probes["representation"]) == {"foundation", "region_properties", "random_encoder"}
+    assert set(probes["target"]) == {"cell_type", "phase", "treatment"}
+    assert probes["accuracy"].between(0, 1).all() and (probes["n_test"] > 0).all()
+    for name in ("foundation_reconstructions.png", "foundation_umap.png"):
+        assert (results / "qc" / name).stat().st_size > 10_000
+
+
+def test_cosmic_reports_held_out_metrics_with_baselines(finished_run):
+    import anndata as ad
+
+    results, _ = finished_run
+    metrics = json.loads((results / "cosmic" / "metrics.json").read_text())
+    expression = metrics["morphology_to_rna"]["expression"]
+    assert {"cosmic", "mean", "ridge", "knn"} <= set(expression)
+    predictions = ad.read_h5ad(results / "cosmic" / "predictions.h5ad")
+    assert predictions.n_obs == metrics["n_cells"]["test"]
+    cohort = ad.read_h5ad(results / "paired" / "cohort.h5ad", backed="r")
+    assert set(predictions.obs_names) <= set(cohort.obs_names)
+    variance = pd.read_csv(results / "cosmic" / "variance_decomposition.tsv", sep="\t")
+    assert len(variance) > 0

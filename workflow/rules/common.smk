@@ -32,6 +32,19 @@ _validate_or_explain(
     lambda e: cosmic_config.explain_config_error(e, "the configuration"),
 )
 
+
+def _canonical(value):
+    """Sort mapping keys, so reordering a config file does not look like a parameter change."""
+    if isinstance(value, dict):
+        return {key: _canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
+for _key in list(config):
+    config[_key] = _canonical(config[_key])
+
 RESULTS = config["results"].rstrip("/")
 DEMO = config["demo"]
 DEMO_DIR = f"{RESULTS}/demo"
@@ -215,5 +228,6 @@ def all_outputs():
         targets += [
             f"{RESULTS}/qc/segmentation_quality.tsv",
             f"{RESULTS}/qc/pairing_accuracy.tsv",
+            f"{RESULTS}/qc/foundation_probes.tsv",
         ]
     return targets

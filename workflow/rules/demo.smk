@@ -54,3 +54,39 @@ rule pairing_accuracy:
         "../envs/rna.yaml"
     script:
         "../scripts/pairing_accuracy.py"
+
+
+rule foundation_evaluation:
+    input:
+        model=f"{RESULTS}/models/foundation/model.pt",
+        crops=expand(f"{RESULTS}/nuclei/{{sample}}/crops.npy", sample=SAMPLES.index),
+        embeddings=expand(
+            f"{RESULTS}/nuclei/{{sample}}/embedding.npy", sample=SAMPLES.index
+        ),
+        tables=expand(
+            f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet", sample=SAMPLES.index
+        ),
+        masks=all_masks,
+        truth_masks=demo_truth_masks,
+        truth=f"{DEMO_DIR}/ground_truth.tsv",
+    output:
+        probes=f"{RESULTS}/qc/foundation_probes.tsv",
+        reconstructions=report(
+            f"{RESULTS}/qc/foundation_reconstructions.png",
+            caption="../report/foundation_reconstructions.rst",
+            category="Foundation model",
+        ),
+        umap=report(
+            f"{RESULTS}/qc/foundation_umap.png",
+            caption="../report/foundation_umap.rst",
+            category="Foundation model",
+        ),
+    log:
+        f"{RESULTS}/logs/foundation_evaluation.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        foundation=config["foundation"],
+        seed=config["seed"],
+    script:
+        "../scripts/foundation_evaluation.py"

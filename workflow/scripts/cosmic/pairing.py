@@ -20,6 +20,7 @@ from scipy.spatial import cKDTree
 
 from .atomic import atomic_path
 from .errors import CosmicInputError
+from .nuclei import feature_columns
 
 PAIRING_COLUMNS = ("barcode", "image", "y", "x")
 SAMPLE_METADATA = ("condition", "cell_line", "treatment", "response")
@@ -140,10 +141,6 @@ def assign_nuclei(pairing: pd.DataFrame, nuclei: pd.DataFrame, masks: dict[str, 
     return out
 
 
-def morphology_columns(nuclei: pd.DataFrame) -> list[str]:
-    return [c for c in nuclei.columns if c.startswith("morph_")]
-
-
 def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[str, np.ndarray],
                 pairing: pd.DataFrame, params: PairingParams, metadata: dict | None = None,
                 rna_dropped: pd.DataFrame | None = None, embedding: np.ndarray | None = None,
@@ -199,7 +196,7 @@ def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[
 
     rows = ok["nucleus_row"].to_numpy()
     paired = rna[ok["barcode"].to_numpy()].copy()
-    morph_cols = morphology_columns(nuclei)
+    morph_cols = feature_columns(nuclei)
     obs = pd.DataFrame({
         "sample": sample,
         "barcode": ok["barcode"].to_numpy(),

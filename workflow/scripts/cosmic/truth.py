@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tifffile
 
@@ -31,3 +32,20 @@ def annotate_nuclei(nuclei: pd.DataFrame, mask_pairs, truth: pd.DataFrame) -> pd
                "response", "dna_content", "polyploid", "mitotic_arrest", "barcode"]
     truth = truth[[c for c in columns if c in truth.columns]]
     return out.merge(truth, on=["sample", "image", "true_label"], how="left", suffixes=("", "_true"))
+
+
+PROBE_TARGETS = ("cell_type", "phase", "treatment")
+
+
+def probe_representations(annotated: pd.DataFrame, representations: dict, seed: int = 0) -> pd.DataFrame:
+    """Held-out linear-probe accuracy of each representation for the demo's true labels.
+
+    ``annotated`` comes from :func:`annotate_nuclei` (rows aligned with the representations);
+    nuclei without a true match (debris, micronuclei) are left out.
+    """
+    from .foundation import evaluate_representations
+
+    keep = (annotated["true_label"] > 0).to_numpy() & annotated["cell_type"].notna().to_numpy()
+    labels = {t: annotated.loc[keep, t].astype(str).to_numpy() for t in PROBE_TARGETS if t in annotated}
+    reps = {name: np.nan_to_num(np.asarray(x, dtype=np.float64)[keep]) for name, x in representations.items()}
+    return evaluate_representations(reps, labels, seed=seed)
