@@ -142,3 +142,18 @@ def test_cosmic_reports_held_out_metrics_with_baselines(finished_run):
     assert set(predictions.obs_names) <= set(cohort.obs_names)
     variance = pd.read_csv(results / "cosmic" / "variance_decomposition.tsv", sep="\t")
     assert len(variance) > 0
+
+
+def test_workflow_dna_content_doubles_from_g1_to_g2(finished_run):
+    """The nuclei stage's integrated DNA intensity of true G2 nuclei is about twice that of G1."""
+    from cosmic.truth import annotate_nuclei
+
+    results, _ = finished_run
+    tables = pd.concat([pd.read_parquet(p) for p in sorted((results / "nuclei").glob("*/nuclei.parquet"))])
+    pairs = [(m, results / "demo" / m.parent.name / "truth_masks" / m.name.replace(".mask.tif", ".tif"))
+             for m in sorted((results / "segmentation").glob("*/*.mask.tif"))]
+    truth = pd.read_csv(results / "demo" / "ground_truth.tsv", sep="\t")
+    annotated = annotate_nuclei(tables, pairs, truth)
+    normal = annotated[annotated["qc_pass"] & (annotated["polyploid"] == False)]  # noqa: E712
+    by_phase = normal.groupby("phase")["morph_dna_integrated"].median()
+    assert 1.7 < by_phase["G2"] / by_phase["G1"] < 2.3, by_phase
