@@ -158,3 +158,27 @@ def check_sample_inputs(sheet: pd.DataFrame) -> None:
             "Missing input files in the sample sheet:\n  " + "\n  ".join(problems)
             + "\nFix the paths (relative to where snakemake runs) or add the files."
         )
+
+
+def params_from_config(cls, block: str, mapping=None, **overrides):
+    """Build a parameter dataclass from the config block ``block``; unknown keys are errors.
+
+    Every stage's ``*Params.from_config`` goes through here, so a typo in any block gets the
+    same message listing the allowed keys.
+    """
+    import dataclasses
+
+    values = dict(mapping or {})
+    values.update(overrides)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CosmicInputError(
+            f"config '{block}': unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**values)
+    except CosmicInputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CosmicInputError(f"config '{block}': {exc}") from exc

@@ -49,7 +49,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -177,14 +177,9 @@ class FoundationParams:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "FoundationParams":
         """Build from ``config["foundation"]``; unknown keys are errors."""
-        values = dict(mapping or {})
-        values.update(overrides)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise CosmicInputError(
-                f"config 'foundation': unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}")
-        return cls(**values)
+        from .config import params_from_config
+
+        return params_from_config(cls, "foundation", mapping, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -133,14 +133,9 @@ class CosmicParams:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "CosmicParams":
         """Build from ``config["cosmic"]``; unknown keys are errors naming the allowed ones."""
-        values = dict(mapping or {})
-        values.update(overrides)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise CosmicInputError(
-                f"config 'cosmic': unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(names))}")
-        return cls(**values)
+        from .config import params_from_config
+
+        return params_from_config(cls, "cosmic", mapping, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)

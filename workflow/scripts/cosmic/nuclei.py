@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -48,16 +48,6 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 # ---------------------------------------------------------------------------------------
 # parameters
-def _check_keys(cls, values: Mapping, block: str):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CosmicInputError(
-            f"config '{block}': unknown key(s) {', '.join(unknown)}; "
-            f"allowed keys: {', '.join(sorted(names))}"
-        )
-
-
 def _num(name, v, *, allow_none=False, minimum=0.0, strict=False, integer=False):
     if v is None and allow_none:
         return
@@ -142,13 +132,9 @@ class NucleiParams:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "NucleiParams":
         """Build from ``config["nuclei"]``; unknown keys are errors."""
-        values = dict(mapping or {})
-        values.update(overrides)
-        _check_keys(cls, values, "nuclei")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise CosmicInputError(f"config 'nuclei': {exc}") from exc
+        from .config import params_from_config
+
+        return params_from_config(cls, "nuclei", mapping, **overrides)
 
     def crop(self) -> CropParams:
         return CropParams(self.crop_size, self.mask_to_nucleus, self.normalization)

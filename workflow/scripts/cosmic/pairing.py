@@ -45,11 +45,9 @@ class PairingParams:
 
     @classmethod
     def from_config(cls, block: dict | None) -> "PairingParams":
-        block = dict(block or {})
-        unknown = set(block) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CosmicInputError(f"unknown pairing keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
-        return cls(**block)
+        from .config import params_from_config
+
+        return params_from_config(cls, "pairing", block)
 
 
 def read_pairing_table(path, sample: str | None = None) -> pd.DataFrame:

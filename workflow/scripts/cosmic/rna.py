@@ -440,14 +440,9 @@ class RnaParams:
     @classmethod
     def from_config(cls, mapping: Mapping | None) -> RnaParams:
         """Build from the config's ``rna:`` mapping; unknown keys are an error."""
-        mapping = dict(mapping or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(mapping) - set(known))
-        if unknown:
-            raise CosmicInputError(
-                f"config block rna: unknown key(s) {unknown}; allowed keys are {known}."
-            )
-        return cls(**mapping)
+        from .config import params_from_config
+
+        return params_from_config(cls, "rna", mapping)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

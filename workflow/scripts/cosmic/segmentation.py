@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -131,19 +131,9 @@ class SegmentationParams:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "SegmentationParams":
         """Build from a config mapping (e.g. ``config["segmentation"]``); unknown keys are errors."""
-        values = dict(mapping or {})
-        values.update(overrides)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise CosmicInputError(
-                f"config 'segmentation': unknown key(s) {', '.join(unknown)}; "
-                f"allowed keys: {', '.join(sorted(names))}"
-            )
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            raise CosmicInputError(f"config 'segmentation': {exc}") from exc
+        from .config import params_from_config
+
+        return params_from_config(cls, "segmentation", mapping, **overrides)
 
     def replace(self, **changes) -> "SegmentationParams":
         return dataclasses.replace(self, **changes)
