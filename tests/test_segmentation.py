@@ -150,3 +150,19 @@ def test_real_annotated_nuclei():
     for line, floor in F1_FLOOR.items():
         value = overall if line == "all" else means[line]
         assert value >= floor, (line, means, overall)
+
+
+def test_split_at_recorded_positions():
+    from cosmic.segmentation import split_at_positions
+
+    yy, xx = np.mgrid[:60, :90]
+    merged = (((yy - 30) ** 2 + (xx - 30) ** 2 <= 144) | ((yy - 30) ** 2 + (xx - 52) ** 2 <= 144)).astype(np.int32)
+    other = ((yy - 10) ** 2 + (xx - 80) ** 2 <= 25)
+    merged[other] = 2
+    split, n = split_at_positions(merged, [(30.4, 29.6), (29.8, 52.3), (10, 80), (59, 5)])
+    assert n == 1 and split.max() == 3
+    assert split[30, 30] != split[30, 52] and split[30, 30] > 0 and split[30, 52] > 0
+    assert (split[other] == split[10, 80]).all()  # a nucleus with one position is untouched
+    # Two positions a pixel apart in one nucleus would leave a sliver: no split below min_area.
+    same, n = split_at_positions(merged, [(30, 30), (30, 31)], min_area=100)
+    assert n == 0 and (same == merged).all()

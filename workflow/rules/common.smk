@@ -85,6 +85,14 @@ def image_path(wildcards):
     return IMAGES[wildcards.sample][wildcards.image]
 
 
+def segment_inputs(wildcards):
+    """The image, and the pairing table whose positions split merged nuclei (if enabled)."""
+    inputs = {"image": image_path(wildcards)}
+    if config["pairing"]["split_merged_nuclei"]:
+        inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
+    return inputs
+
+
 def mask_path(sample, image):
     return f"{RESULTS}/segmentation/{sample}/{image}.mask.tif"
 

@@ -3,7 +3,7 @@
 
 rule segment:
     input:
-        image=image_path,
+        unpack(segment_inputs),
     output:
         mask=f"{RESULTS}/segmentation/{{sample}}/{{image}}.mask.tif",
     log:
@@ -17,5 +17,6 @@ rule segment:
         segmentation=config["segmentation"],
         dna_channel=config["imaging"]["dna_channel"],
         z_projection=config["imaging"]["z_projection"],
+        image_name=lambda wildcards: wildcards.image,
     script:
         "../scripts/segment.py"

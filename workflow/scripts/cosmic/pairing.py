@@ -42,6 +42,7 @@ class PairingParams:
     ambiguity_ratio: float = 1.5  # second-nearest must be this much farther than the nearest
     embedding: str = "pca"  # obsm["X_<embedding>"] of the RNA object becomes obsm["X_rna"]
     qc_pass_only: bool = False  # pair only nuclei that passed the imaging QC flags
+    split_merged_nuclei: bool = True  # segmentation splits nuclei holding several recorded positions
 
     @classmethod
     def from_config(cls, block: dict | None) -> "PairingParams":

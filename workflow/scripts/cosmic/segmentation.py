@@ -455,13 +455,68 @@ def segment_image_file(
     dna_channel: int | str = 0,
     z_projection: str = "max",
     sample: str | None = None,
+    positions_yx=None,
 ) -> int:
-    """Read an image, segment its DNA channel, write the label TIFF; return the nucleus count."""
+    """Read an image, segment its DNA channel, write the label TIFF; return the nucleus count.
+
+    ``positions_yx``: recorded cell positions in this image (from the pairing table); nuclei
+    holding several of them are split (see :func:`split_at_positions`).
+    """
     from .imageio import read_image
 
     if not isinstance(params, SegmentationParams):
         params = SegmentationParams.from_config(params)
     image = read_image(image_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
     labels = segment_nuclei(image.dna, params)
+    if positions_yx is not None:
+        labels, _ = split_at_positions(labels, positions_yx, min_area=params.area_min)
     write_mask(labels, mask_path)
     return int(labels.max())
+
+
+def split_at_positions(labels: np.ndarray, positions_yx, min_area: float = 0.0) -> tuple[np.ndarray, int]:
+    """Split nuclei that hold several recorded cell positions; return (labels, number split).
+
+    IRIS-like platforms record where each barcoded cell sits. A segmented object holding two
+    or more such positions is two touching nuclei merged by the segmentation: it is split by a
+    watershed on its distance transform, seeded at those positions. A split whose smallest part
+    would be below ``min_area`` pixels, or whose positions are closer than the diameter of a
+    nucleus of ``min_area``, is not made (the positions are then more likely noise).
+    """
+    from skimage.segmentation import relabel_sequential, watershed
+
+    positions = np.asarray(positions_yx, dtype=float).reshape(-1, 2)
+    if labels.max() == 0 or len(positions) < 2:
+        return labels, 0
+    iy = np.round(positions[:, 0]).astype(int)
+    ix = np.round(positions[:, 1]).astype(int)
+    inside = (iy >= 0) & (iy < labels.shape[0]) & (ix >= 0) & (ix < labels.shape[1])
+    iy, ix = iy[inside], ix[inside]
+    hit = labels[iy, ix]
+    values, counts = np.unique(hit[hit > 0], return_counts=True)
+    out = labels.copy()
+    next_label = int(labels.max()) + 1
+    boxes = ndi.find_objects(labels)
+    n_split = 0
+    for value in values[counts > 1]:
+        box = boxes[value - 1]
+        region = out[box] == value
+        markers = np.zeros(region.shape, np.int32)
+        for k, (y, x) in enumerate(zip(iy[hit == value], ix[hit == value]), start=1):
+            markers[y - box[0].start, x - box[1].start] = k
+        seeds = np.column_stack([iy[hit == value], ix[hit == value]]).astype(float)
+        gaps = np.sqrt(((seeds[:, None] - seeds[None]) ** 2).sum(-1))[np.triu_indices(len(seeds), 1)]
+        if gaps.min() < max(2.0 * np.sqrt(min_area / np.pi), 1.0):
+            continue  # closer than two of the smallest nuclei allowed: not two nuclei
+        parts = watershed(-ndi.distance_transform_edt(region), markers, mask=region)
+        sizes = np.bincount(parts.ravel())[1:]
+        if sizes.min() < max(min_area, 1):
+            continue
+        window = out[box]
+        for k in range(2, len(sizes) + 1):
+            window[parts == k] = next_label
+            next_label += 1
+        n_split += 1
+    if n_split:
+        out = relabel_sequential(out)[0]
+    return out, n_split
