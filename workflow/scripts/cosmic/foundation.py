@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .errors import CosmicInputError
+from .plotting import save_figure
 
 __all__ = [
     "FoundationParams",
@@ -1048,15 +1049,6 @@ def evaluate_representations(representations: Mapping[str, np.ndarray], labels: 
     return pd.DataFrame(rows)
 
 
-def _save_figure(fig, path):
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-
-
 def plot_reconstructions(model: FoundationModel, crops, path, n: int = 8, channel_names=None, seed: int = 0):
     """Gallery: for ``n`` nuclei, each channel of the real crop above the crop decoded from its
     embedding (encoder -> embedding -> image head)."""
@@ -1094,7 +1086,7 @@ def plot_reconstructions(model: FoundationModel, crops, path, n: int = 8, channe
     fig.suptitle("Foundation model: real crops vs decoded from embedding")
     fig.supxlabel("nucleus (crop index)")
     fig.supylabel("channel / kind")
-    _save_figure(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_umap(emb, labels: Mapping[str, Any], path, seed: int = 0, title: str = "Foundation embeddings"):
@@ -1127,7 +1119,7 @@ def plot_umap(emb, labels: Mapping[str, Any], path, seed: int = 0, title: str = 
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
     fig.suptitle(title)
-    _save_figure(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------

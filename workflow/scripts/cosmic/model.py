@@ -40,6 +40,7 @@ from torch import nn
 from . import metrics as M
 from .atomic import atomic_path
 from .errors import CosmicInputError
+from .plotting import save_figure
 from .splits import make_splits
 
 log = logging.getLogger(__name__)
@@ -977,8 +978,7 @@ def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table
            title="Per-gene expression explained by morphology (test cells)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(outdir / "gene_r2_ranked.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, outdir / "gene_r2_ranked.png", dpi=120)
     (outdir / "gene_r2_ranked.txt").write_text(
         "Held-out per-gene R² of expression predicted from morphology, genes ranked; top genes named; "
         "ridge and kNN baselines on the same split.\n")
@@ -1002,8 +1002,7 @@ def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table
         ax.set(title=title, ylabel="fraction of held-out variance explained", xlabel="method")
     fig.suptitle("Variance decomposition (test cells, 95% bootstrap CI)")
     fig.tight_layout()
-    fig.savefig(outdir / "variance_decomposition.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, outdir / "variance_decomposition.png", dpi=120)
     (outdir / "variance_decomposition.txt").write_text(
         "Shared-variance fractions both ways for COSMIC and baselines on the same test cells, 95% bootstrap "
         "intervals over cells; dashed line: oracle ceiling when ground truth is known.\n")
@@ -1024,8 +1023,7 @@ def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table
                     axes[r, j].set_ylabel(name, fontsize=7)
         fig.suptitle("Nuclei: observed embedding decoded vs generated from RNA (test cells)")
         fig.tight_layout()
-        fig.savefig(outdir / "generated_nuclei.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, outdir / "generated_nuclei.png", dpi=120)
         (outdir / "generated_nuclei.txt").write_text(
             "Rows: foundation decoder applied to the observed embedding, to the COSMIC conditional mean generated "
             "from the cell's RNA, and to one COSMIC sample; columns: test cells.\n")

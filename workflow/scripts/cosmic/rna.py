@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from .atomic import atomic_path
 from .errors import CosmicInputError, describe
+from .plotting import save_figure
 
 FORMATS = ("10x_h5", "10x_mtx", "h5ad", "csv", "tsv")
 ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
@@ -645,12 +646,7 @@ def plot_qc(adata: anndata.AnnData, path, params: RnaParams | None = None,
         ax.set_ylabel("cells")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
 from .atomic import atomic_path
+from .plotting import save_figure
 
 __all__ = ["match_instances", "evaluate_folder", "evaluate_mask_files", "iou_matrix",
            "make_synthetic_nuclei", "plot_overlays", "write_quality_table"]
@@ -263,6 +264,4 @@ def plot_overlays(pairs, path, images=None, n_panels: int = 2, window: int = 256
         ax.set_ylabel(f"y (px, from {top})")
     fig.suptitle("Segmentation (red) vs true nuclei (green)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
