@@ -13,6 +13,8 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/pair.smk"
 include: "workflow/rules/cosmic.smk"
+include: "workflow/rules/cell_cycle.smk"
+include: "workflow/rules/drug_response.smk"
 include: "workflow/rules/report.smk"
 
 

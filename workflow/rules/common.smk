@@ -71,9 +71,21 @@ else:
     validate(SAMPLES, "../schemas/samples.schema.yaml")  # fills defaults
     cosmic_config.check_sample_inputs(SAMPLES)
     IMAGES = {
-        sample: cosmic_config.resolve_images(sample, row["images"])
+        sample: (
+            {}
+            if cosmic_config.has_value(row, "morphology")
+            else cosmic_config.resolve_images(sample, row["images"])
+        )
         for sample, row in SAMPLES.iterrows()
     }
+
+# Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
+MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
+if MORPHOLOGY_TABLES and config["cosmic"]["representation"] == "fm":
+    raise CosmicInputError(
+        "cosmic.representation is 'fm', but the samples give morphology tables (no images, so no "
+        "foundation-model embedding). Set cosmic.representation to 'auto' or 'morph'."
+    )
 
 
 wildcard_constraints:
@@ -146,41 +158,104 @@ def rna_inputs(wildcards):
     return inputs
 
 
-def pairing_table(wildcards):
-    return SAMPLES.loc[wildcards.sample, "pairing"]
+def pair_inputs(wildcards):
+    """RNA of the sample plus either its nuclei (images route) or its morphology table."""
+    sample = wildcards.sample
+    inputs = {
+        "rna": f"{RESULTS}/rna/{sample}.h5ad",
+        "dropped": f"{RESULTS}/rna/{sample}.dropped_cells.tsv",
+    }
+    if MORPHOLOGY_TABLES:
+        inputs["morphology"] = SAMPLES.loc[sample, "morphology"]
+    else:
+        inputs.update(
+            nuclei=f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
+            embedding=f"{RESULTS}/nuclei/{sample}/embedding.npy",
+            masks=sample_masks(wildcards),
+            pairing=SAMPLES.loc[sample, "pairing"],
+        )
+    annotations = sample_value(sample, "annotations")
+    if annotations:
+        inputs["annotations"] = annotations
+    return inputs
 
 
 def cosmic_inputs(wildcards):
     """The paired cohort, and the foundation model whose decoder renders generated nuclei."""
     inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
-    if config["cosmic"]["representation"] != "morph":
+    if config["cosmic"]["representation"] != "morph" and not MORPHOLOGY_TABLES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
     return inputs
 
 
-REPORTS = ["qc"]
+# Report notebooks in workflow/notebooks/, in the order the index lists them.
+REPORTS = ["qc", "cosmic", "cell_cycle", "drug_response"]
+if not MORPHOLOGY_TABLES:
+    REPORTS.insert(1, "foundation")
+
+CELL_CYCLE_FIGURES = [
+    "score_plane",
+    "dna_content",
+    "area_along_cycle",
+    "phase_confusion",
+    "nuclei_along_cycle",
+]
+DRUG_RESPONSE_FIGURES = [
+    "volcano",
+    "morphology_effects",
+    "classifier_auc",
+    "morphology_associated_genes",
+]
+
+
+def crops_inputs(wildcards=None):
+    """Crop banks of every sample (none when morphology comes from tables)."""
+    if MORPHOLOGY_TABLES:
+        return []
+    return [f"{RESULTS}/nuclei/{sample}/crops.npy" for sample in SAMPLES.index]
 
 
 def report_inputs(wildcards):
     """The notebook and every file it reads."""
-    notebook = str(
-        Path(workflow.basedir) / "workflow" / "notebooks" / f"{wildcards.name}.ipynb"
-    )
+    name = wildcards.name
+    notebook = str(Path(workflow.basedir) / "workflow" / "notebooks" / f"{name}.ipynb")
     data = []
-    if wildcards.name == "qc":
+    if name == "qc":
         for sample in SAMPLES.index:
             data += [
-                f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
                 f"{RESULTS}/rna/{sample}.qc.png",
                 f"{RESULTS}/rna/{sample}.dropped_cells.tsv",
                 f"{RESULTS}/paired/{sample}.pairing_qc.tsv",
             ]
+            if not MORPHOLOGY_TABLES:
+                data.append(f"{RESULTS}/nuclei/{sample}/nuclei.parquet")
         data += all_masks() + [f"{RESULTS}/paired/pairing_summary.tsv"]
         if DEMO:
             data += [
                 f"{RESULTS}/qc/segmentation_quality.tsv",
                 f"{RESULTS}/qc/pairing_accuracy.tsv",
             ]
+    elif name == "foundation":
+        data += [
+            f"{RESULTS}/models/foundation/model.pt",
+            f"{RESULTS}/models/foundation/config.json",
+        ]
+        if DEMO:
+            data += [
+                f"{RESULTS}/qc/foundation_probes.tsv",
+                f"{RESULTS}/qc/foundation_reconstructions.png",
+                f"{RESULTS}/qc/foundation_umap.png",
+            ]
+    elif name == "cosmic":
+        data += [
+            f"{RESULTS}/cosmic/metrics.json",
+            f"{RESULTS}/cosmic/variance_decomposition.tsv",
+            f"{RESULTS}/cosmic/predictions.h5ad",
+        ]
+    elif name == "cell_cycle":
+        data.append(f"{RESULTS}/analysis/cell_cycle/summary.json")
+    elif name == "drug_response":
+        data.append(f"{RESULTS}/analysis/drug_response/summary.json")
     return {"notebook": notebook, "data": data}
 
 
@@ -192,6 +267,7 @@ def report_parameters(wildcards):
         "images": {sample: dict(images) for sample, images in IMAGES.items()},
         "demo": bool(DEMO),
         "dna_channel": config["imaging"]["dna_channel"],
+        "morphology_tables": bool(MORPHOLOGY_TABLES),
     }
 
 
@@ -213,7 +289,10 @@ def demo_outputs():
     for sample, images in IMAGES.items():
         files += list(images.values())
         files += [f"{DEMO_DIR}/{sample}/truth_masks/{name}.tif" for name in images]
-        files += [f"{DEMO_DIR}/{sample}/pairing.tsv"]
+        files += [
+            f"{DEMO_DIR}/{sample}/pairing.tsv",
+            f"{DEMO_DIR}/{sample}/annotations.tsv",
+        ]
     return files
 
 
@@ -221,16 +300,19 @@ def all_outputs():
     """Final targets of every stage that exists."""
     targets = demo_outputs()
     for sample in SAMPLES.index:
-        targets += [
-            f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
-            f"{RESULTS}/nuclei/{sample}/crops.npy",
-            f"{RESULTS}/rna/{sample}.qc.png",
-        ]
+        targets.append(f"{RESULTS}/rna/{sample}.qc.png")
+        if not MORPHOLOGY_TABLES:
+            targets += [
+                f"{RESULTS}/nuclei/{sample}/nuclei.parquet",
+                f"{RESULTS}/nuclei/{sample}/crops.npy",
+            ]
     targets += [
         f"{RESULTS}/paired/cohort.h5ad",
         f"{RESULTS}/paired/pairing_summary.tsv",
-        f"{RESULTS}/reports/index.html",
         f"{RESULTS}/cosmic/metrics.json",
+        f"{RESULTS}/analysis/cell_cycle/summary.json",
+        f"{RESULTS}/analysis/drug_response/summary.json",
+        f"{RESULTS}/reports/index.html",
     ]
     if DEMO:
         targets += [

@@ -1,14 +1,10 @@
-# Image <-> RNA pairing per sample, and the cohort object of all samples.
+# Image <-> RNA pairing per sample (or RNA <-> precomputed morphology table by barcode),
+# and the cohort object of all samples.
 
 
 rule pair:
     input:
-        rna=f"{RESULTS}/rna/{{sample}}.h5ad",
-        dropped=f"{RESULTS}/rna/{{sample}}.dropped_cells.tsv",
-        nuclei=f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet",
-        embedding=f"{RESULTS}/nuclei/{{sample}}/embedding.npy",
-        masks=sample_masks,
-        pairing=pairing_table,
+        unpack(pair_inputs),
     output:
         h5ad=f"{RESULTS}/paired/{{sample}}.h5ad",
         qc=f"{RESULTS}/paired/{{sample}}.pairing_qc.tsv",
@@ -21,6 +17,7 @@ rule pair:
     params:
         image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
         pairing=config["pairing"],
+        morphology_table=config["morphology_table"],
         metadata=lambda wildcards: sample_metadata(wildcards.sample),
     script:
         "../scripts/pair.py"

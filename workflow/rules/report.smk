@@ -9,6 +9,8 @@ rule report_notebook:
         f"{RESULTS}/reports/{{name}}.ipynb",
     log:
         f"{RESULTS}/logs/report/{{name}}.log",
+    wildcard_constraints:
+        name="|".join(REPORTS),
     conda:
         "../envs/report.yaml"
     resources:
@@ -26,6 +28,8 @@ rule report_html:
         f"{RESULTS}/reports/{{name}}.html",
     log:
         f"{RESULTS}/logs/report/{{name}}.html.log",
+    wildcard_constraints:
+        name="|".join(REPORTS),
     conda:
         "../envs/report.yaml"
     shell:

@@ -1,4 +1,4 @@
-"""Rule `pair`: join one sample's RNA cells to their nuclei."""
+"""Rule `pair`: join one sample's RNA cells to their nuclei (or to its morphology table)."""
 
 import logging
 import sys
@@ -11,21 +11,52 @@ import numpy as np
 import pandas as pd
 
 from cosmic import pairing
+from cosmic.morphology_table import (
+    MorphologyTableParams,
+    pair_with_table,
+    read_morphology_table,
+)
 from cosmic.rna import write_h5ad
 
 sample = snakemake.wildcards.sample
-paired, qc = pairing.pair_sample(
-    sample,
-    ad.read_h5ad(snakemake.input.rna),
-    pd.read_parquet(snakemake.input.nuclei),
-    pairing.read_masks(dict(zip(snakemake.params.image_names, snakemake.input.masks))),
-    pairing.read_pairing_table(snakemake.input.pairing, sample=sample),
-    pairing.PairingParams.from_config(snakemake.params.pairing),
-    metadata=snakemake.params.metadata,
-    rna_dropped=pd.read_csv(snakemake.input.dropped, sep="\t", dtype={"barcode": str}),
-    embedding=np.load(snakemake.input.embedding, mmap_mode="r"),
-    pairing_path=snakemake.input.pairing,
-)
+params = pairing.PairingParams.from_config(snakemake.params.pairing)
+rna = ad.read_h5ad(snakemake.input.rna)
+dropped = pd.read_csv(snakemake.input.dropped, sep="\t", dtype={"barcode": str})
+if "morphology" in snakemake.input.keys():
+    table = read_morphology_table(
+        snakemake.input.morphology,
+        sample=sample,
+        params=MorphologyTableParams.from_config(snakemake.params.morphology_table),
+    )
+    paired, qc = pair_with_table(
+        sample,
+        rna,
+        table,
+        metadata=snakemake.params.metadata,
+        rna_dropped=dropped,
+        table_path=snakemake.input.morphology,
+        embedding=params.embedding,
+    )
+else:
+    paired, qc = pairing.pair_sample(
+        sample,
+        rna,
+        pd.read_parquet(snakemake.input.nuclei),
+        pairing.read_masks(dict(zip(snakemake.params.image_names, snakemake.input.masks))),
+        pairing.read_pairing_table(snakemake.input.pairing, sample=sample),
+        params,
+        metadata=snakemake.params.metadata,
+        rna_dropped=dropped,
+        embedding=np.load(snakemake.input.embedding, mmap_mode="r"),
+        pairing_path=snakemake.input.pairing,
+    )
+if "annotations" in snakemake.input.keys():
+    pairing.apply_annotations(
+        paired,
+        pairing.read_annotations(snakemake.input.annotations, sample=sample),
+        sample=sample,
+        path=snakemake.input.annotations,
+    )
 pairing.write_table(qc, snakemake.output.qc)
 write_h5ad(paired, snakemake.output.h5ad)
 print(qc["status"].value_counts().to_string(), file=sys.stderr)

@@ -146,18 +146,52 @@ def resolve_images(sample: str, spec: str) -> dict[str, str]:
     return images
 
 
+def has_value(row, column) -> bool:
+    value = row.get(column) if hasattr(row, "get") else None
+    return value is not None and not (isinstance(value, float) and pd.isna(value)) and str(value) != ""
+
+
+def morphology_mode(sheet: pd.DataFrame) -> bool:
+    """True when every sample gives a precomputed morphology table instead of images + pairing.
+
+    Each row needs either ``images`` + ``pairing`` or ``morphology``; mixing the two kinds in one
+    cohort is refused because their morphology features would not be comparable.
+    """
+    kinds = {}
+    for sample, row in sheet.iterrows():
+        table, imaged = has_value(row, "morphology"), has_value(row, "images") or has_value(row, "pairing")
+        if table and imaged:
+            raise CosmicInputError(
+                f"sample '{sample}': the sample sheet gives both 'morphology' and 'images'/'pairing'. "
+                "Give either images + pairing (the workflow segments and measures nuclei) or a morphology table."
+            )
+        if not table and not imaged:
+            raise CosmicInputError(
+                f"sample '{sample}': the sample sheet gives neither 'images' + 'pairing' nor 'morphology'. "
+                "Add the TIFF folder and pairing table, or a per-cell morphology table keyed by barcode."
+            )
+        kinds[sample] = "morphology table" if table else "images"
+    if len(set(kinds.values())) > 1:
+        raise CosmicInputError(
+            "The sample sheet mixes samples with images and samples with precomputed morphology tables "
+            f"({kinds}); their features are not comparable. Run them as separate cohorts."
+        )
+    return bool(kinds) and next(iter(kinds.values())) == "morphology table"
+
+
 def check_sample_inputs(sheet: pd.DataFrame) -> None:
     """Fail before any job runs when a file named in the sample sheet is missing."""
     problems = []
     for sample, row in sheet.iterrows():
-        for column in ("counts", "pairing"):
-            if not Path(row[column]).exists():
+        for column in ("counts", "pairing", "morphology", "annotations", "embedding"):
+            if has_value(row, column) and not Path(row[column]).exists():
                 problems.append(f"sample '{sample}': column '{column}' points at '{row[column]}', which does not exist")
     if problems:
         raise CosmicInputError(
             "Missing input files in the sample sheet:\n  " + "\n  ".join(problems)
             + "\nFix the paths (relative to where snakemake runs) or add the files."
         )
+    morphology_mode(sheet)
 
 
 def params_from_config(cls, block: str, mapping=None, **overrides):

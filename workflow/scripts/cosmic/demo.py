@@ -122,6 +122,7 @@ def sample_paths(outdir, sample: str) -> dict[str, Path]:
         "truth_masks": base / "truth_masks",
         "counts": base / "counts",
         "pairing": base / "pairing.tsv",
+        "annotations": base / "annotations.tsv",
     }
 
 
@@ -132,7 +133,8 @@ def sample_sheet(settings: DemoSettings, outdir) -> pd.DataFrame:
         paths = sample_paths(outdir, sample)
         rows.append({
             "sample": sample, "images": str(paths["images"]), "counts": str(paths["counts"]),
-            "pairing": str(paths["pairing"]), "condition": treatment, "cell_line": "demo_prostate",
+            "pairing": str(paths["pairing"]), "annotations": str(paths["annotations"]),
+            "condition": treatment, "cell_line": "demo_prostate",
             "treatment": treatment, "response": "mixed",
         })
     return pd.DataFrame(rows)
@@ -620,8 +622,8 @@ def workflow_measure(labels: np.ndarray, image_cyx: np.ndarray) -> pd.DataFrame:
 def generate(settings: DemoSettings, outdir, measure=workflow_measure, progress: bool = True) -> dict:
     """Generate the whole demo dataset under ``outdir``; return the oracle summary.
 
-    Writes per sample (see ``sample_paths``) images, true masks, a 10x matrix folder and a
-    pairing table; and, shared: ``samples.tsv``, ``ground_truth.tsv``, ``genes.tsv``,
+    Writes per sample (see ``sample_paths``) images, true masks, a 10x matrix folder, a
+    pairing table and per-cell annotations (the measured response of treated cells); and, shared: ``samples.tsv``, ``ground_truth.tsv``, ``genes.tsv``,
     ``morphology_oracle.tsv``, ``morphology_traits.tsv`` and ``oracle.json``.
     """
     outdir = Path(outdir)
@@ -664,6 +666,15 @@ def generate(settings: DemoSettings, outdir, measure=workflow_measure, progress:
         })
         with atomic_path(paths["pairing"]) as tmp:
             pairing.to_csv(tmp, sep="\t", index=False, float_format="%.2f")
+        # The response an experiment records per treated cell (e.g. a viability or proliferation
+        # reporter read after treatment); untreated cells have none.
+        annotations = pd.DataFrame({
+            "barcode": barcodes,
+            "response": np.where(cells["treatment"].to_numpy() == "control", "untreated",
+                                 cells["response"].to_numpy()),
+        })
+        with atomic_path(paths["annotations"]) as tmp:
+            annotations.to_csv(tmp, sep="\t", index=False)
         truth_tables.append(states)
 
     truth = pd.concat(truth_tables, ignore_index=True)

@@ -230,6 +230,50 @@ def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[
     return paired, qc
 
 
+def read_annotations(path, sample=None) -> pd.DataFrame:
+    """Per-cell labels keyed by barcode (.csv/.tsv/.parquet): index = barcode, columns = labels."""
+    path = Path(path)
+    where = f"sample '{sample}': annotation table '{path}'"
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path, sep="," if name.endswith((".csv", ".csv.gz")) else "\t")
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise CosmicInputError(f"{where} could not be read ({type(exc).__name__}: {exc}).") from exc
+    if "barcode" not in table.columns:
+        raise CosmicInputError(f"{where} has no 'barcode' column (columns: {list(table.columns)}). "
+                               "Name the barcode column 'barcode'.")
+    table["barcode"] = table["barcode"].astype(str)
+    dup = table["barcode"][table["barcode"].duplicated()].unique()
+    if len(dup):
+        raise CosmicInputError(f"{where}: barcode(s) {list(dup[:5])} occur more than once; keep one row per cell.")
+    reserved = {"sample", "barcode", "nucleus_id", "crop_index", "image", "label"} & set(table.columns) - {"barcode"}
+    if reserved:
+        raise CosmicInputError(f"{where}: column(s) {sorted(reserved)} are set by the workflow; rename them.")
+    return table.set_index("barcode")
+
+
+def apply_annotations(paired: ad.AnnData, annotations: pd.DataFrame, sample=None, path=None) -> ad.AnnData:
+    """Add per-cell label columns to ``obs`` (overriding sample-level values of the same name).
+
+    Paired cells absent from the table get missing values; a table sharing no barcode is an error.
+    """
+    barcodes = paired.obs["barcode"].astype(str)
+    hit = barcodes.isin(annotations.index)
+    if not hit.any():
+        raise CosmicInputError(
+            f"sample '{sample}': annotation table '{path}' shares no barcode with the paired cells "
+            f"(e.g. {list(annotations.index[:2])} vs {list(barcodes[:2])}). Use the count matrix's barcodes.")
+    if not hit.all():
+        warnings.warn(f"sample '{sample}': {int((~hit).sum())} paired cell(s) have no row in '{path}'; "
+                      "their labels are missing", stacklevel=2)
+    for column in annotations.columns:
+        paired.obs[column] = annotations[column].reindex(barcodes).to_numpy()
+    return paired
+
+
 def summarise_qc(qc: pd.DataFrame) -> pd.DataFrame:
     """Counts per sample and status (wide), plus the paired fraction of expression barcodes."""
     wide = qc.pivot_table(index="sample", columns="status", values="barcode", aggfunc="count", fill_value=0)

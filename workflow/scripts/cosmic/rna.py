@@ -410,6 +410,7 @@ class RnaParams:
     target_sum: float = 1e4
     n_pcs: int = 30
     seed: int = 0
+    gene_symbol_column: str | None = None  # var column holding symbols when var_names are IDs
 
     def __post_init__(self):
         def fail(key, want):
@@ -453,6 +454,20 @@ class RnaParams:
 # Processing
 # ---------------------------------------------------------------------------------------------
 
+def use_gene_symbols(adata: anndata.AnnData, column: str, where: str = "RNA counts") -> anndata.AnnData:
+    """Replace IDs in ``var_names`` by the symbols of ``var[column]`` (IDs kept in ``var["gene_ids"]``)."""
+    if column not in adata.var:
+        raise CosmicInputError(f"{where}: rna.gene_symbol_column '{column}' is not a var column; "
+                               f"var has {list(adata.var.columns)}.")
+    symbols = adata.var[column].astype(str)
+    missing = symbols.isin(["", "nan", "None"])
+    adata.var["gene_ids"] = adata.var_names.astype(str)
+    adata.var_names = pd.Index(np.where(missing, adata.var_names.astype(str), symbols), dtype=object)
+    if not adata.var_names.is_unique:
+        adata.var_names_make_unique()
+    return adata
+
+
 CELL_FILTERS = ("min_genes", "min_counts", "max_counts", "max_mito_fraction")
 
 
@@ -473,6 +488,8 @@ def process_counts(adata: anndata.AnnData, params: RnaParams | None = None, samp
     n_in = adata.n_obs
     if n_in == 0 or adata.n_vars == 0:
         raise CosmicInputError(f"{where}: no cells or no genes to process ({adata.shape}).")
+    if params.gene_symbol_column:
+        use_gene_symbols(adata, params.gene_symbol_column, where)
 
     adata.var["mt"] = adata.var_names.str.startswith(MITO_PREFIXES)
     if not adata.var["mt"].any() and params.max_mito_fraction < 1:

@@ -1,0 +1,34 @@
+# Cell cycle read from RNA (Tirosh scoring, continuous position) and from morphology (DNA
+# content, nuclear area, features), their agreement, and nuclei along the RNA-defined cycle.
+
+
+rule cell_cycle:
+    input:
+        cohort=f"{RESULTS}/paired/cohort.h5ad",
+        predictions=f"{RESULTS}/cosmic/predictions.h5ad",
+        crops=crops_inputs,
+        truth=f"{DEMO_DIR}/ground_truth.tsv" if DEMO else [],
+    output:
+        summary=f"{RESULTS}/analysis/cell_cycle/summary.json",
+        cells=f"{RESULTS}/analysis/cell_cycle/cells.tsv",
+        confusion=f"{RESULTS}/analysis/cell_cycle/confusion.tsv",
+        figures=report(
+            expand(
+                f"{RESULTS}/analysis/cell_cycle/figures/{{figure}}.png",
+                figure=CELL_CYCLE_FIGURES,
+            ),
+            caption="../report/cell_cycle.rst",
+            category="Cell cycle",
+        ),
+    log:
+        f"{RESULTS}/logs/cell_cycle.log",
+    conda:
+        "../envs/rna.yaml"
+    resources:
+        mem_mb=8000,
+    params:
+        cell_cycle=config["cell_cycle"],
+        samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
+        truth=DEMO_DIR if DEMO else None,
+    script:
+        "../scripts/cell_cycle.py"
