@@ -120,6 +120,7 @@ def user_data(tmp_path):
             (paths["images"] / f"{name}.ome.tif").write_bytes(b"")
         paths["counts"].mkdir(parents=True)
         paths["pairing"].write_text("barcode\timage\ty\tx\n")
+        paths["annotations"].write_text("barcode\tresponse\n")
     return rng_tables
 
 
@@ -170,6 +171,32 @@ def test_bad_sample_id_is_rejected(tmp_path, user_data):
     user_data.loc[0, "sample"] = "bad id/with slash"
     result = dry_run(tmp_path, sheet_config(tmp_path, user_data))
     assert_failed_before_jobs(result, tmp_path, "column 'sample'", "does not match")
+
+
+def test_morphology_table_samples_skip_imaging(tmp_path, user_data):
+    table = tmp_path / "morph.csv"
+    table.write_text("barcode,area\n")
+    sheet = user_data.drop(columns=["images", "pairing"]).assign(morphology=str(table))
+    result = dry_run(tmp_path, sheet_config(tmp_path, sheet))
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = result.stdout
+    for rule in ("rna", "pair", "cohort", "cosmic", "cell_cycle", "drug_response", "report_index"):
+        assert f"rule {rule}:" in planned, rule
+    for rule in ("segment", "nuclei", "pretrain", "embed"):
+        assert f"rule {rule}:" not in planned, rule
+
+
+def test_mixed_sample_kinds_are_rejected(tmp_path, user_data):
+    table = tmp_path / "morph.csv"
+    table.write_text("barcode,area\n")
+    other = user_data.assign(sample="s2", images=None, pairing=None, morphology=str(table))
+    result = dry_run(tmp_path, sheet_config(tmp_path, pd.concat([user_data, other])))
+    assert_failed_before_jobs(result, tmp_path, "mixes samples", "separate cohorts")
+
+
+def test_images_without_pairing_are_rejected(tmp_path, user_data):
+    result = dry_run(tmp_path, sheet_config(tmp_path, user_data.drop(columns=["pairing"])))
+    assert_failed_before_jobs(result, tmp_path, "sample 's1'", "pairing")
 
 
 def test_missing_sample_sheet_is_rejected(tmp_path):
