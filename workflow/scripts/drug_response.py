@@ -1,0 +1,20 @@
+"""Rule `drug_response`: treated vs control and resistant vs responsive cells in both modalities."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w")
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+from cosmic.drug_response import run_drug_response
+
+summary = run_drug_response(
+    snakemake.input.cohort,
+    snakemake.input.variance,
+    Path(snakemake.output.summary).parent,
+    params=snakemake.params.drug_response,
+    truth_dir=snakemake.params.truth or None,
+)
+for name, comparison in summary["comparisons"].items():
+    print(f"{name}: {comparison.get('skipped') or comparison.get('classifiers')}", file=sys.stderr)
