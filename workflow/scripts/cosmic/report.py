@@ -10,6 +10,13 @@ from .atomic import atomic_path
 
 REPORT_TITLES = {
     "qc": ("Quality control", "images and segmentation, nuclear features, RNA QC, pairing"),
+    "foundation": ("Nuclei foundation model", "training curve, reconstructions, embedding UMAP, linear probes"),
+    "cosmic": ("COSMIC: cross-modal generation", "variance decomposition both ways, per-gene R², generated "
+               "nuclei, matching, calibration, reference-parity metrics"),
+    "cell_cycle": ("Cell cycle", "RNA phase and continuous position, DNA content and area, RNA vs morphology "
+                   "agreement, nuclei along the cycle"),
+    "drug_response": ("Drug response", "treated vs control and resistant vs responsive: differential expression, "
+                      "morphology tests, classifiers, morphology-associated genes"),
 }
 
 
