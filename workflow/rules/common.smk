@@ -240,6 +240,7 @@ def report_inputs(wildcards):
             f"{RESULTS}/models/foundation/model.pt",
             f"{RESULTS}/models/foundation/config.json",
         ]
+        data += [f"{RESULTS}/nuclei/{sample}/embedding.npy" for sample in SAMPLES.index]
         if DEMO:
             data += [
                 f"{RESULTS}/qc/foundation_probes.tsv",
