@@ -108,3 +108,131 @@ def test_split_holdout_samples():
         make_splits(obs, holdout_samples=["a", "b"])
     with pytest.raises(CosmicInputError, match="fractions"):
         make_splits(obs, fractions=(0.5, 0.1, 0.1))
+
+
+# ---------------------------------------------------------------------------------------
+# reference metrics (published COSMIC evaluation)
+def test_pearson_constant_prediction_and_detected_cells():
+    rng = np.random.default_rng(10)
+    y = rng.normal(size=(200, 3))
+    const = np.repeat(rng.normal(size=(1, 3)), 200, 0)
+    assert np.isnan(M.pearson_per_feature(y, const)).all()  # undefined by default
+    assert np.allclose(M.pearson_per_feature(y, const, constant_prediction=0.0), 0.0)
+    # a gene measured exactly where detected, zero elsewhere: prediction right on detected cells only
+    truth = rng.normal(3, 1, size=(300, 1))
+    detected = rng.random((300, 1)) < 0.5
+    y = np.where(detected, truth, 0.0)
+    pred = truth  # knows the level, not the dropout
+    assert M.masked_pearson_per_feature(y, pred, detected)[0] == pytest.approx(1.0)
+    assert M.pearson_per_feature(y, pred)[0] < 0.5
+    assert np.isnan(M.masked_pearson_per_feature(y, pred, np.zeros_like(detected)))[0]
+    few = np.zeros_like(detected)
+    few[:4] = True
+    assert np.isnan(M.masked_pearson_per_feature(y, pred, few, min_cells=5))[0]
+    # all-cells mask is the plain Pearson
+    x = rng.normal(size=(100, 4))
+    z = x + rng.normal(size=x.shape)
+    np.testing.assert_allclose(M.masked_pearson_per_feature(z, x, np.ones_like(x, bool)), M.pearson_per_feature(z, x))
+
+
+def test_within_type_pearson_removes_cell_identity():
+    rng = np.random.default_rng(11)
+    types = np.repeat(["a", "b", "c"], 200)
+    type_means = {"a": -3.0, "b": 0.0, "c": 3.0}
+    level = np.array([type_means[t] for t in types])[:, None] + np.zeros((1, 5))
+    y = level + rng.normal(size=(600, 5))
+    pred = level  # the type mean: knows identity, nothing within a type
+    assert np.all(M.pearson_per_feature(y, pred) > 0.9)
+    w = M.within_group_pearson(y, pred, types)
+    assert w["mean"] == 0.0 and w["median"] == 0.0 and w["n_groups"] == 3
+    assert set(w["per_group"]) == {"a", "b", "c"} and w["per_group"]["a"]["n_cells"] == 200
+    exact = M.within_group_pearson(y, y, types)
+    assert exact["mean"] == pytest.approx(1.0)
+    # a prediction with real within-type signal keeps it; permuting within type destroys it
+    good = y + 0.5 * rng.normal(size=y.shape)
+    assert M.within_group_pearson(y, good, types)["mean"] > 0.8
+    shuffled = M.permute_within_groups(good, types, seed=0)
+    assert abs(M.within_group_pearson(y, shuffled, types)["mean"]) < 0.1
+    assert np.all(M.pearson_per_feature(y, shuffled) > 0.8)  # the overall score survives the shuffle
+    # the permutation keeps each row inside its group and is seeded
+    idx = M.permute_within_groups(np.arange(600), types, seed=0)
+    assert np.array_equal(types[idx], types) and sorted(idx) == list(range(600))
+    assert np.array_equal(idx, M.permute_within_groups(np.arange(600), types, seed=0))
+    assert not np.array_equal(idx, M.permute_within_groups(np.arange(600), types, seed=1))
+    # groups smaller than min_cells are skipped
+    assert M.within_group_pearson(y[:203], y[:203], types[:203], min_cells=5)["n_groups"] == 1
+
+
+def test_classifier_transfer_and_confusion():
+    rng = np.random.default_rng(12)
+    centres = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    lab = np.repeat(["x", "y", "z"], 100)
+    x = centres[np.repeat([0, 1, 2], 100)] + rng.normal(size=(300, 3))
+    acc, pred = M.classifier_transfer(x[::2], lab[::2], {"real": x[1::2], "mean": np.zeros((150, 3)) + x.mean(0),
+                                                          "noise": rng.normal(size=(150, 3)) * 5}, lab[1::2])
+    assert acc["real"] == 1.0 and acc["n_classes"] == 3
+    assert acc["chance_majority"] == pytest.approx(1 / 3, abs=0.01)
+    assert len(set(pred["mean"])) == 1 and acc["mean"] == pytest.approx(1 / 3, abs=0.01)
+    assert acc["noise"] < 0.6
+    c = M.confusion_counts(["a", "a", "b", "b"], ["a", "b", "b", "b"], labels=["a", "b", "c"])
+    assert c.loc["a"].tolist() == [1, 1, 0] and c.loc["b"].tolist() == [0, 2, 0] and c.loc["c"].sum() == 0
+    one, p1 = M.classifier_transfer(x, np.full(300, "only"), {"real": x}, lab)
+    assert set(p1["real"]) == {"only"} and one["n_classes"] == 1
+
+
+def test_sliced_wasserstein_zero_for_identical_and_grows_with_shift():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(400, 8))
+    assert M.sliced_wasserstein(x, x) == 0.0
+    assert M.sliced_wasserstein(x, x[rng.permutation(400)]) == pytest.approx(0.0, abs=1e-12)  # order-free
+    d = [M.sliced_wasserstein(x, x + s * np.eye(8)[0]) for s in (0.5, 1.0, 2.0, 4.0)]
+    assert all(a < b for a, b in zip(d, d[1:]))
+    # for a pure shift s, SW_2 = sqrt(E[(theta . s)^2]) = |s| / sqrt(dims): here |s| = sqrt(8), dims = 8
+    assert M.sliced_wasserstein(x, x + np.ones(8), n_projections=4000) == pytest.approx(1.0, rel=0.05)
+    # unequal sizes from the same distribution stay near 0, far below a shift
+    assert M.sliced_wasserstein(x, rng.normal(size=(150, 8))) < 0.2 < d[1]
+    assert M.sliced_wasserstein(x, x + 1, seed=3) == M.sliced_wasserstein(x, x + 1, seed=3)
+
+
+def test_knn_accuracy_half_for_same_distribution_one_for_separated():
+    rng = np.random.default_rng(14)
+    real, same = rng.normal(size=(500, 5)), rng.normal(size=(500, 5))
+    assert M.knn_two_sample_accuracy(real, same) == pytest.approx(0.5, abs=0.06)
+    assert M.knn_two_sample_accuracy(real, same + 10) == 1.0
+    assert M.knn_two_sample_accuracy(real, real) == 0.0  # copies of the real cells: memorisation reads < 0.5
+    # a collapsed generator (every cell at the mean) is recognised
+    assert M.knn_two_sample_accuracy(real, np.zeros_like(real)) > 0.95
+
+
+def test_coverage_identical_one_collapsed_low():
+    rng = np.random.default_rng(15)
+    real = rng.normal(size=(400, 5))
+    assert M.nn_coverage(real, real) == 1.0
+    assert M.nn_coverage(real, np.zeros_like(real)) == pytest.approx(1 / 400)
+    same = M.nn_coverage(real, rng.normal(size=(400, 5)))
+    narrow = M.nn_coverage(real, 0.3 * rng.normal(size=(400, 5)))
+    assert 0.3 < same < 0.9 and narrow < same
+
+
+def test_classifier_two_sample_accuracy():
+    rng = np.random.default_rng(16)
+    real = rng.normal(size=(400, 6))
+    assert M.classifier_two_sample_accuracy(real, rng.normal(size=(400, 6))) == pytest.approx(0.5, abs=0.06)
+    assert M.classifier_two_sample_accuracy(real, rng.normal(size=(400, 6)) + 2) > 0.95
+    # same mean, smaller spread: caught through the squared features
+    assert M.classifier_two_sample_accuracy(real, 0.3 * rng.normal(size=(400, 6))) > 0.85
+    assert np.isnan(M.classifier_two_sample_accuracy(real[:1], real[1:2]))
+
+
+def test_two_sample_metrics_balances_sizes():
+    rng = np.random.default_rng(17)
+    real, gen = rng.normal(size=(300, 4)), rng.normal(size=(1000, 4))
+    out = M.two_sample_metrics(real, gen, seed=0)
+    assert out["n_cells"] == 300
+    assert set(out) == {"sliced_wasserstein", "knn_accuracy", "coverage", "classifier_accuracy", "n_cells"}
+    assert out["knn_accuracy"] == pytest.approx(0.5, abs=0.08)
+    assert out["classifier_accuracy"] == pytest.approx(0.5, abs=0.08)
+    assert M.two_sample_metrics(real, gen, seed=0) == out
+    assert M.two_sample_metrics(real, gen, max_cells=100)["n_cells"] == 100
+    ident = M.two_sample_metrics(real, real)
+    assert ident["sliced_wasserstein"] == 0.0 and ident["coverage"] == 1.0

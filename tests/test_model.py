@@ -111,6 +111,121 @@ def test_preprocessor_has_no_leakage():
     np.testing.assert_array_equal(again.transform(a)["rna"], pre.transform(a)["rna"])
 
 
+def _assert_same_state(s1, s2, path="state"):
+    """Recursive equality of fitted state (dicts of arrays, lists, scalars, tensors)."""
+    if isinstance(s1, dict):
+        assert set(s1) == set(s2), path
+        for k in s1:
+            _assert_same_state(s1[k], s2[k], f"{path}.{k}")
+    elif isinstance(s1, torch.Tensor):
+        torch.testing.assert_close(s1, s2, rtol=0, atol=0, msg=path)
+    elif isinstance(s1, np.ndarray):
+        np.testing.assert_array_equal(s1, s2, err_msg=path)
+    else:
+        assert s1 == s2, path
+
+
+def _perturb_test_cells(a: ad.AnnData, test: np.ndarray, seed: int = 9) -> ad.AnnData:
+    """A copy whose test cells carry random expression, counts, morphology and embeddings."""
+    rng = np.random.default_rng(seed)
+    b = a.copy()
+    b.X[test] = rng.gamma(1.0, 3.0, size=b.X[test].shape).astype(np.float32)
+    if "counts" in b.layers:
+        b.layers["counts"][test] = rng.poisson(20, size=b.layers["counts"][test].shape).astype(np.float32)
+    b.obsm["X_morph"][test] = rng.normal(1e6, 1e5, size=b.obsm["X_morph"][test].shape).astype(np.float32)
+    if "X_fm" in b.obsm:
+        b.obsm["X_fm"][test] = rng.normal(-50, 30, size=b.obsm["X_fm"][test].shape).astype(np.float32)
+    b.obs.loc[test, "treatment"] = "unseen"
+    return b
+
+
+@pytest.mark.parametrize("representation", ["morph", "fm"])
+def test_every_fitted_transform_ignores_test_cells(representation):
+    """Gene list, PCA loadings, scalers, covariate levels, trained weights and RNA cell types are
+    identical whatever the test cells contain; fitting on all cells would have changed them."""
+    a = synthetic_cohort(n=240, fm_dims=6)
+    split = make_splits(a.obs, (0.6, 0.2, 0.2), seed=0)
+    train, val, test = ((split == s).to_numpy() for s in ("train", "val", "test"))
+    assert not (train & test).any() and not (val & test).any() and not (train & val).any()
+    assert (train | val | test).all() and test.sum() > 0
+    assert not set(a.obs_names[test]) & set(a.obs_names[train | val])
+    b = _perturb_test_cells(a, test)
+    assert make_splits(b.obs, (0.6, 0.2, 0.2), seed=0).equals(split)  # the split only reads obs["sample"]
+
+    def fitted(data, mask):
+        return cm.Preprocessor(20, 5, representation, ["treatment"]).fit(data[mask]).state
+
+    sa, sb = fitted(a, train), fitted(b, train)
+    _assert_same_state(sa, sb)
+    assert {"gene_index", "gene_names", "gene_mean", "components", "pc_std", "morph_mean", "morph_std"} <= set(sa)
+    assert representation != "fm" or {"fm_mean", "fm_std"} <= set(sa)
+    # the perturbation is strong enough to be seen by a transform fitted on all cells
+    with pytest.raises(AssertionError):
+        _assert_same_state(fitted(a, np.ones(a.n_obs, bool)), fitted(b, np.ones(b.n_obs, bool)))
+    # the stage's fit path: preprocessor and every trained weight
+    p = cm.CosmicParams.from_config({**FAST, "epochs": 3, "representation": representation,
+                                     "covariates": ["treatment"]})
+    r1, r2 = cm.fit_cosmic(a, split, p, progress=False), cm.fit_cosmic(b, split, p, progress=False)
+    _assert_same_state(r1["preprocessor"].state, r2["preprocessor"].state)
+    _assert_same_state(r1["model"].state_dict(), r2["model"].state_dict())
+    # RNA cell types are clustered on training cells: their labels do not depend on test cells
+    pre = r1["preprocessor"]
+    emb = {k: pre.rna_embedding(pre.expression(d)) * pre.state["pc_std"] for k, d in (("a", a), ("b", b))}
+    la = cm._cluster_labels(emb["a"][train], emb["a"][test], 3, 0)
+    lb = cm._cluster_labels(emb["b"][train], emb["b"][test], 3, 0)
+    np.testing.assert_array_equal(la[0], lb[0])
+
+
+def test_run_cosmic_fitted_state_ignores_test_cells(tmp_path):
+    """The whole stage, run on a cohort whose test cells were replaced by random values, saves the same
+    model (preprocessor state and weights) and the same training-cell labels; outputs hold test cells only."""
+    a = synthetic_cohort(n=240, fm_dims=6)
+    rng = np.random.default_rng(3)
+    a.layers["counts"] = rng.poisson(np.expm1(a.X)).astype(np.float32)
+    p = {**FAST, "epochs": 3, "n_bootstrap": 0, "covariates": ["treatment"]}
+    split = make_splits(a.obs, cm.CosmicParams.from_config(p).fractions, 0, "sample")
+    test = (split == "test").to_numpy()
+    b = _perturb_test_cells(a, test)
+    runs = {}
+    for name, data in (("a", a), ("b", b)):
+        d = tmp_path / name
+        runs[name] = cm.run_cosmic(data, d / "models", d / "predictions.h5ad", d / "metrics.json", d / "vd.tsv", p,
+                                   progress=False)
+    ma = torch.load(tmp_path / "a" / "models" / cm.MODEL, weights_only=False)
+    mb = torch.load(tmp_path / "b" / "models" / cm.MODEL, weights_only=False)
+    _assert_same_state(ma["preprocessor"], mb["preprocessor"])
+    _assert_same_state(ma["model"], mb["model"])
+    la, lb = (runs[k]["reference_metrics"]["labels"] for k in ("a", "b"))
+    assert la["method"] == "leiden" and la["train_counts"] == lb["train_counts"]
+    assert runs["a"]["n_cells"] == runs["b"]["n_cells"]
+    # and the evaluation does see the test cells (so the equality above is not vacuous)
+    assert runs["a"]["variance_decomposition"] != runs["b"]["variance_decomposition"]
+    pred = ad.read_h5ad(tmp_path / "a" / "predictions.h5ad")
+    assert set(pred.obs_names) == set(a.obs_names[test])
+    assert not set(pred.obs_names) & set(split.index[split != "test"])
+
+
+def test_leiden_labels_fitted_on_training_cells():
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(3, 6)) * 12
+    truth = np.repeat([0, 1, 2], 80)
+    x = centres[truth] + rng.normal(size=(240, 6))
+    train = np.arange(240) % 4 != 0
+    lab_tr, lab_te, method = cm._cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
+    assert method == "leiden"
+    # each planted group is one label (Leiden may split nothing here: groups are far apart)
+    assert len(set(lab_tr)) == 3
+    assert all(len(set(lab_tr[truth[train] == g])) == 1 for g in range(3))
+    mapping = {g: lab_tr[truth[train] == g][0] for g in range(3)}
+    assert [mapping[g] for g in truth[~train]] == list(lab_te)
+    again = cm._cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
+    np.testing.assert_array_equal(again[0], lab_tr)
+    # the graph is scanpy's UMAP connectivities: symmetric, weights in (0, 1]
+    g = cm._umap_connectivities(x[train], 15)
+    assert abs(g - g.T).max() < 1e-12 and g.data.min() > 0 and g.data.max() <= 1 + 1e-12
+    assert g.diagonal().sum() == 0 and (np.diff(g.indptr) >= 14).all()
+
+
 def test_reproducible_by_seed(tmp_path):
     a = synthetic_cohort(n=200)
     split = make_splits(a.obs, seed=0)
@@ -171,3 +286,30 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
     assert saved["n_cells"]["test"] == n_test
     assert (tmp_path / "figures" / "gene_r2_ranked.png").exists()
     assert (tmp_path / "figures" / "generated_nuclei.png").exists()
+    # evaluation in the terms of the published COSMIC code
+    ref = saved["reference_metrics"]
+    m2r, r2m = ref["morphology_to_rna"], ref["rna_to_morphology"]
+    assert ref["labels"]["method"] == "leiden" and ref["labels"]["n_types"] >= 2
+    for key in ("pearson_all_cells", "pearson_detected_cells", "pearson_within_type"):
+        assert {"cosmic", "ridge", "knn", "mean", "cosmic_permuted_within_type"} <= set(m2r[key])
+    assert m2r["pearson_all_cells"]["cosmic"]["mean"] > 0.1
+    assert m2r["pearson_all_cells"]["mean"]["mean"] == 0.0
+    assert abs(m2r["pearson_within_type"]["cosmic_permuted_within_type"]["mean"]) < 0.1
+    clf = m2r["cell_type_classifier"]
+    assert {"observed", "cosmic", "cosmic_sample", "ridge", "knn", "mean", "chance_majority"} <= set(clf)
+    assert clf["observed"] >= clf["chance_majority"]
+    assert r2m["space"] == "standardised X_fm"
+    for m in ("cosmic_sample", "cosmic_mean", "ridge_residual", "train_real"):
+        v = r2m["overall"][m]
+        assert v["sliced_wasserstein"] >= 0 and 0 <= v["knn_accuracy"] <= 1 and 0 < v["coverage"] <= 1
+    # a conditional mean collapses the distribution: the samples look more like real cells
+    assert r2m["overall"]["cosmic_sample"]["coverage"] > r2m["overall"]["cosmic_mean"]["coverage"]
+    conf = pd.read_csv(tmp_path / "cell_type_confusion.tsv", sep="\t", dtype={"true_label": str,
+                                                                             "predicted_label": str})
+    assert set(conf["source"]) == {"observed_morphology", "generated_cosmic", "generated_cosmic_sample"}
+    obs_conf = conf[conf["source"] == "observed_morphology"]
+    assert obs_conf["n_cells"].sum() == n_test
+    hit = obs_conf.loc[obs_conf["true_label"] == obs_conf["predicted_label"], "n_cells"].sum()
+    assert hit / n_test == pytest.approx(r["cell_type_transfer"]["observed_morphology"])
+    assert (tmp_path / "figures" / "cell_type_confusion.png").exists()
+    assert (tmp_path / "figures" / "cell_type_confusion.txt").read_text().strip()

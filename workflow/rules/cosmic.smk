@@ -20,6 +20,12 @@ rule cosmic:
             caption="../report/cosmic_variance.rst",
             category="COSMIC",
         ),
+        confusion=f"{RESULTS}/cosmic/cell_type_confusion.tsv",
+        confusion_figure=report(
+            f"{RESULTS}/cosmic/figures/cell_type_confusion.png",
+            caption="../report/cosmic_cell_types.rst",
+            category="COSMIC",
+        ),
     log:
         f"{RESULTS}/logs/cosmic.log",
     conda:

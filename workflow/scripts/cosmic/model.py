@@ -15,7 +15,12 @@ predictions), and a residual CVAE ``p(x - mu | z, h)`` with heteroscedastic Gaus
 residual model to a heteroscedastic Gaussian.
 
 Every fitted transform (gene selection, PCA, scalers, covariate categories) lives in a
-:class:`Preprocessor` fitted on training cells only and stored in the checkpoint.
+:class:`Preprocessor` fitted on training cells only and stored in the checkpoint; the evaluation's
+own fitted pieces (baselines, RNA cell-type clusters, label classifiers) also see training cells
+only. Metrics are computed on held-out test cells, beside baselines, and under
+``reference_metrics`` in the terms of the published COSMIC evaluation (per-gene Pearson overall,
+on detected cells and within cell type; cell-type classification of predicted expression;
+distribution distances between real and generated morphology).
 """
 
 from __future__ import annotations
@@ -78,13 +83,13 @@ class CosmicParams:
     holdout_samples: list = field(default_factory=list)
     covariates: list = field(default_factory=list)  # obs columns, one-hot encoded
     label_key: str | None = None  # obs column of labels for cell-type transfer (None: RNA clusters)
-    n_clusters: int = 8  # clusters of training cells' RNA embedding when label_key is None
+    n_clusters: int = 8  # k-means fallback only: labels are Leiden clusters of training cells when label_key is None
     knn_neighbors: int = 15
     n_bootstrap: int = 200
     interval_level: float = 0.9
     seed: int = 0
     device: str = "auto"
-    num_threads: int = 1  # CPU threads for torch (0 = torch default); 1 is fastest for this small model
+    num_threads: int = 1  # CPU threads for torch and BLAS (0 = library defaults); 1 is fastest for this small model
 
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:
@@ -642,42 +647,179 @@ def _matching(gen, obs, prefix="") -> dict:
                 n_cells=int(len(obs)))
 
 
+def _umap_connectivities(x: np.ndarray, n_neighbors: int = 15) -> sp.csr_matrix:
+    """Fuzzy k-NN graph of ``x`` as built by ``scanpy.pp.neighbors`` (UMAP connectivities, exact
+    Euclidean neighbours, the cell itself counted among its ``n_neighbors``), in numpy: the same graph
+    without numba's compile time."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    k = max(2, min(int(n_neighbors), n))
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    d, idx = dist[:, 1:], idx[:, 1:]  # the first neighbour is the cell itself
+    pos = np.where(d > 0, d, np.inf).min(1)
+    rho = np.where(np.isfinite(pos), pos, 0.0)
+    target = np.log2(k)
+    lo, hi, mid = np.zeros(n), np.full(n, np.inf), np.ones(n)
+    for _ in range(64):  # binary search of each cell's bandwidth (umap's smooth_knn_dist)
+        psum = np.where(d - rho[:, None] > 0, np.exp(-(d - rho[:, None]) / mid[:, None]), 1.0).sum(1)
+        done = np.abs(psum - target) < 1e-5
+        gt = psum > target
+        hi = np.where(gt & ~done, mid, hi)
+        lo = np.where(~gt & ~done, mid, lo)
+        mid = np.where(done, mid, np.where(np.isinf(hi), mid * 2, (lo + hi) / 2))
+    sigma = np.maximum(mid, 1e-3 * np.where(rho > 0, d.mean(1), d.mean()))
+    val = np.where(d - rho[:, None] <= 0, 1.0, np.exp(-(d - rho[:, None]) / sigma[:, None]))
+    w = sp.csr_matrix((val.ravel(), (np.repeat(np.arange(n), k - 1), idx.ravel())), shape=(n, n))
+    return (w + w.T - w.multiply(w.T)).tocsr()
+
+
 def _cluster_labels(rna_train, rna_test, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """RNA-derived labels: Leiden clusters of training cells when leidenalg is installed, else k-means;
-    test cells take the label of their nearest training neighbours in the training-cell PCA space."""
+    """RNA-derived cell-type labels, fitted on training cells only.
+
+    Leiden clustering (scanpy, ``flavor="igraph"``, ``n_iterations=2``, undirected, resolution 1,
+    seeded) of the 15-nearest-neighbour UMAP-connectivity graph of the training cells' PCA scores;
+    k-means with ``n_clusters`` when scanpy/igraph are missing or Leiden finds a single cluster.
+    Test cells take the majority label of their 15 nearest training cells in the same space.
+    """
     from sklearn.neighbors import KNeighborsClassifier
 
-    method = "kmeans"
+    rna_train, rna_test = np.asarray(rna_train, np.float64), np.asarray(rna_test, np.float64)
+    train, method = None, "kmeans"
     try:
         import anndata as ad
-        import leidenalg  # noqa: F401
         import scanpy as sc
 
         a = ad.AnnData(np.zeros((len(rna_train), 1), np.float32))
-        a.obsm["X_emb"] = rna_train
-        sc.pp.neighbors(a, use_rep="X_emb", random_state=seed)
-        sc.tl.leiden(a, random_state=seed, flavor="leidenalg")
+        sc.tl.leiden(a, adjacency=_umap_connectivities(rna_train, 15), flavor="igraph", n_iterations=2,
+                     directed=False, random_state=seed, resolution=1.0)
         train = a.obs["leiden"].astype(str).to_numpy()
         method = "leiden"
-    except Exception:
+        if len(np.unique(train)) < 2:
+            train, method = None, "kmeans"
+    except Exception as err:  # noqa: BLE001 - any failure of the optional clustering stack
+        log.warning("cosmic: Leiden clustering unavailable (%s); using k-means", err)
+    if train is None:
         from sklearn.cluster import KMeans
 
-        train = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(rna_train).astype(str)
-    test = KNeighborsClassifier(15).fit(rna_train, train).predict(rna_test)
+        k = max(2, min(int(n_clusters), len(rna_train)))
+        train = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rna_train).astype(str)
+    test = KNeighborsClassifier(min(15, len(rna_train))).fit(rna_train, train).predict(rna_test)
     return train, test, method
 
 
-def _transfer(rep_train, y_train, y_test, generated: dict[str, np.ndarray], rep_test_obs) -> dict:
-    """Classifier on observed training representations, applied to generated test representations."""
-    from sklearn.linear_model import LogisticRegression
+def _transfer(rep_train, y_train, y_test, generated: dict[str, np.ndarray], rep_test_obs,
+              return_predictions: bool = False):
+    """Classifier on observed training representations, applied to observed and generated test
+    representations (accuracy against the test labels)."""
+    acc, preds = M.classifier_transfer(rep_train, y_train, {"observed_morphology": rep_test_obs,
+                                                            **{f"generated_{k}": g for k, g in generated.items()}},
+                                       y_test, standardise=False, C=1.0, max_iter=2000)
+    return (acc, preds) if return_predictions else acc
 
-    clf = LogisticRegression(max_iter=2000, C=1.0).fit(rep_train, y_train)
-    values, counts = np.unique(y_train, return_counts=True)
-    out = dict(n_classes=int(len(values)), chance_majority=float((y_test == values[counts.argmax()]).mean()),
-               observed_morphology=float((clf.predict(rep_test_obs) == y_test).mean()))
-    for k, g in generated.items():
-        out[f"generated_{k}"] = float((clf.predict(g) == y_test).mean())
-    return out
+
+REFERENCE_DEFINITIONS = dict(
+    labels="RNA-derived cell types: Leiden clusters of training cells (test cells: label of their nearest "
+           "training cells), or the obs column cosmic.label_key",
+    pearson_all_cells="per-gene Pearson of predicted vs observed log-normalised expression over all test cells; "
+                      "mean and median over genes (a constant prediction scores 0)",
+    pearson_detected_cells="per-gene Pearson over the test cells where the gene is detected (count > 0), genes "
+                           "detected in at least min_cells test cells",
+    pearson_within_type="per-gene Pearson within each stratum (cell type, x sample when the test cells span several "
+                        "samples) with at least min_cells cells; mean/median over genes, averaged over strata. "
+                        "cosmic_permuted_within_type: COSMIC predictions shuffled within stratum (seeded), so cell "
+                        "identity alone scores ~0 within type",
+    cell_type_classifier="accuracy of a logistic regression trained on real (standardised) expression of training "
+                         "cells, applied to predicted expression of test cells; observed: applied to real test "
+                         "expression (ceiling); chance_majority: always the most frequent training type",
+    rna_to_morphology="real test cells vs cells generated from their RNA, in the standardised representation space; "
+                      "sets subsampled to equal size. sliced_wasserstein (lower better), knn_accuracy (leave-one-out "
+                      "1-NN real-vs-generated accuracy, 0.5 ideal, <0.5 copying), coverage (fraction of real cells "
+                      "that are the nearest real neighbour of some generated cell, higher better), "
+                      "classifier_accuracy (5-fold CV accuracy of a shrinkage LDA on standardised features and their "
+                      "squares, 0.5 ideal). cosmic_sample: one COSMIC sample per cell (averaged over draws); "
+                      "cosmic_mean: the conditional mean; ridge_residual: ridge prediction + the residual of a "
+                      "random training cell; train_real: real training cells of the same type (an ideal generator: "
+                      "the floor/ceiling each metric can reach at this sample size)",
+)
+
+
+def _reference_metrics(*, y_expr, pred_expr, expr_sample, detected, expr_train, lab_tr, lab_te, samples_te,
+                       y_rep, rep_mean, rep_samples, ridge_rep_te, ridge_resid_tr, rep_train, space, seed,
+                       min_cells: int = 10, n_draws: int = 3, n_projections: int = 128) -> dict:
+    """Evaluation in the terms of the published COSMIC code, on test cells only (see REFERENCE_DEFINITIONS)."""
+    t0 = time.time()
+    lab_tr, lab_te = np.asarray(lab_tr).astype(str), np.asarray(lab_te).astype(str)
+    samples_te = np.asarray(samples_te).astype(str)
+    several = len(np.unique(samples_te)) > 1
+    strata = np.char.add(np.char.add(lab_te, " | "), samples_te) if several else lab_te
+
+    # --- morphology -> RNA
+    preds = {m: pred_expr[m] for m in ("cosmic", "ridge", "knn", "mean") if m in pred_expr}
+    preds["cosmic_permuted_within_type"] = M.permute_within_groups(pred_expr["cosmic"], strata, seed)
+
+    def summary(r):
+        r = r[np.isfinite(r)]
+        return dict(mean=float(r.mean()) if len(r) else float("nan"),
+                    median=float(np.median(r)) if len(r) else float("nan"), n_genes=int(len(r)))
+
+    all_cells = {m: summary(M.pearson_per_feature(y_expr, p, constant_prediction=0.0)) for m, p in preds.items()}
+    detected_cells = {m: summary(M.masked_pearson_per_feature(y_expr, p, detected, min_cells=min_cells))
+                      for m, p in preds.items()}
+    within = {}
+    for m, p in preds.items():
+        w = M.within_group_pearson(y_expr, p, strata, min_cells=min_cells)
+        within[m] = dict(mean=w["mean"], median=w["median"], n_strata=w["n_groups"])
+        if m == "cosmic":
+            within["per_stratum_cosmic"] = w["per_group"]
+    within["strata"] = "cell_type x sample" if several else "cell_type"
+    clf, _ = M.classifier_transfer(expr_train, lab_tr, {"observed": y_expr, **{m: pred_expr[m] for m in (
+        "cosmic", "ridge", "knn", "mean") if m in pred_expr}, "cosmic_sample": expr_sample}, lab_te)
+    m2r = dict(pearson_all_cells=all_cells, pearson_detected_cells=dict(min_cells=min_cells, **detected_cells),
+               pearson_within_type=dict(min_cells=min_cells, **within), cell_type_classifier=clf)
+
+    # --- RNA -> morphology: generated vs real distributions
+    rng = np.random.default_rng(seed)
+    n_draws = max(1, min(int(n_draws), len(rep_samples)))
+    n_te = len(y_rep)
+    generators = {
+        "cosmic_sample": [rep_samples[d] for d in range(n_draws)],
+        "cosmic_mean": [rep_mean],
+        "ridge_residual": [ridge_rep_te + ridge_resid_tr[rng.integers(0, len(ridge_resid_tr), n_te)]
+                           for _ in range(n_draws)],
+    }
+
+    def compare(sel_te, sel_tr) -> dict:
+        out = {}
+        real = y_rep[sel_te]
+        for m, draws in generators.items():
+            rows = [M.two_sample_metrics(real, g[sel_te], seed=seed + d, n_projections=n_projections)
+                    for d, g in enumerate(draws)]
+            out[m] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        ref = rep_train[sel_tr]
+        rows = [M.two_sample_metrics(real, ref, seed=seed + d, n_projections=n_projections) for d in range(n_draws)]
+        out["train_real"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        return out
+
+    overall = compare(np.ones(n_te, bool), np.ones(len(rep_train), bool))
+    per_type, skipped = {}, {}
+    for t in np.unique(lab_te):
+        sel_te, sel_tr = lab_te == t, lab_tr == t
+        if sel_te.sum() < min_cells or sel_tr.sum() < min_cells:
+            skipped[str(t)] = int(sel_te.sum())
+            continue
+        per_type[str(t)] = dict(n_test_cells=int(sel_te.sum()), **compare(sel_te, sel_tr))
+    mean_types = {}
+    if per_type:
+        for m in list(generators) + ["train_real"]:
+            mean_types[m] = {k: float(np.mean([v[m][k] for v in per_type.values()]))
+                             for k in ("sliced_wasserstein", "knn_accuracy", "coverage", "classifier_accuracy")}
+    r2m = dict(space=space, n_draws=n_draws, n_projections=n_projections, min_cells=min_cells, overall=overall,
+               mean_over_types=mean_types, n_types_evaluated=len(per_type), per_type=per_type,
+               types_too_small=skipped)
+    return dict(morphology_to_rna=m2r, rna_to_morphology=r2m, definitions=REFERENCE_DEFINITIONS,
+                seconds=time.time() - t0)
 
 
 def load_truth(truth) -> dict:
@@ -710,12 +852,24 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     ``cohort``: AnnData or path of ``paired/cohort.h5ad``. ``params``: :class:`CosmicParams` or the
     ``cosmic:`` config mapping. ``decode_images``: optional callable mapping foundation embeddings
     (cells x dims, X_fm units) to crops (cells x C x S x S). ``truth``: demo ground truth (see
-    :func:`load_truth`). Returns the metrics dictionary (also written to ``metrics_path``).
+    :func:`load_truth`). Returns the metrics dictionary (also written to ``metrics_path``); also
+    writes ``cell_type_confusion.tsv`` next to it and, with ``figures_dir``, the figures.
+    BLAS/OpenMP pools are capped at ``params.num_threads`` (0: no cap) for the whole stage: the
+    matrices are small and oversubscribed BLAS threads are many times slower on a shared node.
     """
+    from threadpoolctl import threadpool_limits
+
+    params = params if isinstance(params, CosmicParams) else CosmicParams.from_config(params or {})
+    with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
+        return _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params,
+                           figures_dir, decode_images, truth, progress)
+
+
+def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
+                decode_images, truth, progress) -> dict:
     import anndata as ad
 
     t0 = time.time()
-    params = params if isinstance(params, CosmicParams) else CosmicParams.from_config(params or {})
     adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
     if "sample" not in adata.obs:
         raise CosmicInputError("the cohort has no obs column 'sample'")
@@ -790,8 +944,27 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
         lab_te = test_a.obs[params.label_key].astype(str).to_numpy()
         lab_method = f"obs:{params.label_key}"
     else:
-        lab_tr, lab_te, lab_method = _cluster_labels(T["rna"], y_rna, params.n_clusters, seed)
-    transfer = dict(labels=lab_method, **_transfer(T["rep"], lab_tr, lab_te, pred_rep, y_rep))
+        lab_tr, lab_te, lab_method = _cluster_labels(T["rna"] * scale, y_rna * scale, params.n_clusters, seed)
+    acc, lab_pred = _transfer(T["rep"], lab_tr, lab_te, {**pred_rep, "cosmic_sample": P["rep_samples"][0]}, y_rep,
+                              return_predictions=True)
+    transfer = dict(labels=lab_method, **acc)
+    confusion = _confusion_table(lab_te, {k: lab_pred[k] for k in (
+        "observed_morphology", "generated_cosmic", "generated_cosmic_sample")})
+
+    # --- evaluation in the terms of the published COSMIC code
+    src = test_a.layers["counts"] if "counts" in test_a.layers else test_a.X
+    detected = _dense(src[:, pre.state["gene_index"]]) > 0
+    ridge_rep = M.ridge_baseline(x_rna_tr, T["rep"], np.vstack([x_rna_tr, x_rna_te]))
+    reference = _reference_metrics(
+        y_expr=y_expr, pred_expr=pred_expr, expr_sample=P["expr_samples"][0], detected=detected,
+        expr_train=T["expr"], lab_tr=lab_tr, lab_te=lab_te, samples_te=test_a.obs["sample"].astype(str).to_numpy(),
+        y_rep=y_rep, rep_mean=P["rep_mean"], rep_samples=P["rep_samples"], ridge_rep_te=ridge_rep[len(x_rna_tr):],
+        ridge_resid_tr=T["rep"] - ridge_rep[:len(x_rna_tr)], rep_train=T["rep"],
+        space=f"standardised {'X_fm' if pre.state['representation'] == 'fm' else 'X_morph'}", seed=seed)
+    reference["labels"] = dict(method=lab_method, n_types=int(len(np.unique(lab_tr))),
+                               train_counts=pd.Series(lab_tr).value_counts().sort_index().to_dict(),
+                               test_counts=pd.Series(lab_te).value_counts().sort_index().to_dict())
+    reference["cell_type_confusion"] = "cell_type_confusion.tsv"
 
     results = dict(
         n_cells=dict(train=int((split == "train").sum()), val=int((split == "val").sum()),
@@ -802,7 +975,7 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
         training=dict(best_epoch=fit["best_epoch"], epochs_run=fit["epochs_run"],
                       best_val_loss=fit["best_val_loss"], seconds=fit["seconds"], device=fit["device"]),
         morphology_to_rna=m2r, rna_to_morphology=r2m, variance_decomposition=vd, matching=matching,
-        cell_type_transfer=transfer, calibration=calib, params=params.to_dict(),
+        cell_type_transfer=transfer, reference_metrics=reference, calibration=calib, params=params.to_dict(),
     )
 
     # --- per-feature table
@@ -826,9 +999,12 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     # --- outputs
     with atomic_path(variance_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    with atomic_path(Path(metrics_path).with_name("cell_type_confusion.tsv")) as tmp:
+        confusion.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     _write_predictions(predictions_path, test_a, genes, P, pre, params, decode_images, split)
     if figures_dir is not None:
         _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table)
+        _confusion_figure(Path(figures_dir), confusion, transfer)
     results["seconds_total"] = time.time() - t0
     with atomic_path(metrics_path) as tmp:
         Path(tmp).write_text(json.dumps(_jsonable(results), indent=2))
@@ -897,6 +1073,75 @@ def _oracle_comparison(tr_, table, test_a, transfer, T, pred_rep, y_rep, train_a
                     {m: p[ok_e] for m, p in pred_rep.items()}, y_rep[ok_e])
         out["n_test_cells_matched_to_truth"] = int(ok_e.sum())
     return out
+
+
+def _label_order(labels) -> list[str]:
+    """Labels sorted numerically when they are cluster numbers, else alphabetically."""
+    labels = sorted({str(x) for x in labels})
+    return sorted(labels, key=int) if all(x.isdigit() for x in labels) else labels
+
+
+CONFUSION_SOURCES = {"observed_morphology": "observed morphology", "generated_cosmic": "generated (COSMIC mean)",
+                     "generated_cosmic_sample": "generated (COSMIC sample)"}
+
+
+def _confusion_table(true, predicted: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long table: source x true RNA label x predicted label -> number and fraction of test cells."""
+    labels = _label_order(np.concatenate([np.asarray(true).astype(str)]
+                                         + [np.asarray(p).astype(str) for p in predicted.values()]))
+    rows = []
+    for source, pred in predicted.items():
+        c = M.confusion_counts(true, pred, labels)
+        long = c.stack().rename("n_cells").reset_index()
+        row = long.groupby("true", sort=False)["n_cells"].transform("sum")
+        long["fraction_of_true"] = long["n_cells"] / row.where(row > 0)
+        rows.append(long.rename(columns={"true": "true_label", "predicted": "predicted_label"})
+                    .assign(source=source))
+    out = pd.concat(rows, ignore_index=True)
+    return out[["source", "true_label", "predicted_label", "n_cells", "fraction_of_true"]]
+
+
+def _confusion_figure(outdir: Path, confusion: pd.DataFrame, transfer: dict):
+    """Row-normalised confusion matrices side by side (true RNA type x type read from morphology)."""
+    from .plotting import _pyplot
+
+    plt = _pyplot()
+    outdir.mkdir(parents=True, exist_ok=True)
+    sources = list(dict.fromkeys(confusion["source"]))
+    labels = _label_order(confusion["true_label"])
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.0 * len(sources) + 0.8, 4.2), squeeze=False,
+                             gridspec_kw=dict(wspace=0.35))
+    rotate = 90 if max(len(x) for x in labels) * len(labels) > 24 else 0
+    for col, (ax, source) in enumerate(zip(axes[0], sources)):
+        sub = confusion[confusion["source"] == source]
+        frac = sub.pivot(index="true_label", columns="predicted_label", values="fraction_of_true") \
+            .reindex(index=labels, columns=labels).fillna(0).to_numpy()
+        counts = sub.pivot(index="true_label", columns="predicted_label", values="n_cells") \
+            .reindex(index=labels, columns=labels).fillna(0).to_numpy().astype(int)
+        im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        if len(labels) <= 16:
+            for i in range(len(labels)):
+                for j in range(len(labels)):
+                    if counts[i, j]:
+                        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                                color="white" if frac[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=rotate)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        acc = transfer.get(source)
+        name = CONFUSION_SOURCES.get(source, source)
+        ax.set(xlabel="type predicted from morphology", ylabel="RNA cell type (test cells)" if col == 0 else "",
+               title=f"{name}\naccuracy {acc:.2f}" if acc is not None else name)
+        ax.title.set_fontsize(9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="fraction of the RNA type")
+    fig.suptitle(f"Cell type read from morphology vs RNA-derived type ({transfer.get('labels', '')} labels, "
+                 "test cells)", fontsize=10)
+    save_figure(fig, outdir / "cell_type_confusion.png", dpi=120)
+    (outdir / "cell_type_confusion.txt").write_text(
+        "Confusion matrices on test cells: rows are RNA-derived cell types (Leiden clusters of training cells "
+        "transferred to test cells, or cosmic.label_key), columns the type predicted by a logistic regression "
+        "trained on observed morphology of training cells and applied to the observed morphology, the COSMIC "
+        "conditional mean generated from RNA, and one COSMIC sample. Colour: fraction of the row; numbers: cells. "
+        "Table: cell_type_confusion.tsv.\n")
 
 
 def _jsonable(o):
