@@ -99,12 +99,21 @@ def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):
     assert "output: results/segmentation/demo_control" not in more.stdout
 
 
-def test_reports_are_rendered(finished_run):
+REPORT_FIGURES = {"qc": 4, "foundation": 2, "cosmic": 2, "cell_cycle": 4, "drug_response": 4}
+
+
+@pytest.mark.parametrize("name", list(REPORT_FIGURES))
+def test_reports_are_rendered(finished_run, name):
+    """Every report executed without an error cell and its HTML holds its figures."""
     results, _ = finished_run
     index = (results / "reports" / "index.html").read_text()
-    assert 'href="qc.html"' in index
-    html = (results / "reports" / "qc.html").read_text()
-    assert html.count("data:image/png;base64") >= 4  # overlays, DNA content, RNA QC, pairing
+    assert f'href="{name}.html"' in index
+    executed = json.loads((results / "reports" / f"{name}.ipynb").read_text())
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors[:1]
+    html = (results / "reports" / f"{name}.html").read_text()
+    assert html.count("data:image/png;base64") >= REPORT_FIGURES[name]
     assert "Traceback" not in html
 
 
