@@ -1,0 +1,25 @@
+"""Rule `cell_cycle`: RNA phase and position, morphology calls, their agreement, figures."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from cosmic.cell_cycle import run_cell_cycle
+
+crop_paths = list(snakemake.input.get("crops", []) or [])
+samples = list(snakemake.params.get("samples", []) or [])
+crops = dict(zip(map(str, samples), crop_paths)) if crop_paths and len(crop_paths) == len(samples) else None
+if crop_paths and crops is None:
+    print(f"cell_cycle: {len(crop_paths)} crop banks for {len(samples)} samples; not using crops", file=sys.stderr)
+
+summary = run_cell_cycle(
+    snakemake.input.cohort,
+    snakemake.input.get("predictions"),
+    Path(snakemake.output.summary).parent,
+    params=snakemake.params.cell_cycle,
+    truth_dir=snakemake.params.get("truth"),
+    crops=crops,
+    dna_channel=int(snakemake.config.get("imaging", {}).get("dna_channel", 0)),
+)
+print({k: summary[k] for k in ("n_cells", "samples", "nuclei_strip")}, file=sys.stderr)
