@@ -84,10 +84,14 @@ def test_params_defaults_and_errors():
         dr.DrugResponseParams.from_config({"cv_folds": 1})
 
 
-def test_missing_treatment_column_names_key_and_columns(cohort):
+def test_missing_treatment_column_skips_treatment_and_compares_response_in_all_cells(cohort):
     params = dr.DrugResponseParams.from_config({"treatment_key": "arm"})
-    with pytest.raises(CosmicInputError, match=r"'arm'.*treatment_key.*obs columns.*'treatment'"):
-        dr.define_comparisons(cohort.obs, params)
+    comps = dr.define_comparisons(cohort.obs, params)
+    assert "'arm'" in comps["treatment"].skipped and "treatment_key" in comps["treatment"].skipped
+    labelled = cohort.obs["response"].isin([params.resistant, params.responsive]).to_numpy()
+    if labelled.sum() >= 6:
+        assert comps["response"].skipped is None
+        assert comps["response"].n_group + comps["response"].n_reference == int(labelled.sum())
 
 
 def test_comparisons_select_the_right_cells(cohort, comparisons):

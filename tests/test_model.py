@@ -313,3 +313,17 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
     assert hit / n_test == pytest.approx(r["cell_type_transfer"]["observed_morphology"])
     assert (tmp_path / "figures" / "cell_type_confusion.png").exists()
     assert (tmp_path / "figures" / "cell_type_confusion.txt").read_text().strip()
+
+
+def test_checkpoint_of_other_training_data_is_not_resumed():
+    """A run on re-normalised data must not pick up the checkpoint left by the previous data."""
+    import torch
+
+    from cosmic.model import CosmicParams, _fingerprint
+
+    params = CosmicParams()
+    split = pd.Series(["train", "val", "test"], index=["a", "b", "c"])
+    data = {"expr": torch.ones(2, 3), "rna": torch.zeros(2, 2)}
+    same = _fingerprint(params, split, {k: v.clone() for k, v in data.items()})
+    assert _fingerprint(params, split, data) == same
+    assert _fingerprint(params, split, {**data, "expr": data["expr"] * 2}) != same

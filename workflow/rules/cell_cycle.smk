@@ -30,5 +30,8 @@ rule cell_cycle:
         cell_cycle=config["cell_cycle"],
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
         truth=DEMO_DIR if DEMO else None,
+        first_image=next(
+            (path for images in IMAGES.values() for path in images.values()), None
+        ),
     script:
         "../scripts/cell_cycle.py"

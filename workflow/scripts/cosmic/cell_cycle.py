@@ -106,6 +106,7 @@ class CellCycleParams:
     min_genes: int = 3  # fewest genes of each list that must be present
     cv_folds: int = 5
     s_max_posterior: float = 0.9  # DNA content: between the peaks and less sure than this -> S
+    reference_angle_key: str | None = None  # obs column of a measured cycle angle in radians (e.g. FUCCI theta)
 
     def __post_init__(self):
         if self.organism not in ORGANISMS:
@@ -754,6 +755,24 @@ def _generated_images_path(predictions, pred) -> Path | None:
     return img
 
 
+def _reference_angle_agreement(obs: pd.DataFrame, key: str, cells: pd.DataFrame, where: str) -> dict:
+    """RNA position against an independently measured cycle angle (e.g. FUCCI theta) in obs."""
+    if key not in obs:
+        raise CosmicInputError(f"{where}: cell_cycle.reference_angle_key '{key}' is not an obs column; "
+                               f"obs has {list(obs.columns)[:25]}.")
+    angle = pd.to_numeric(obs[key], errors="coerce").to_numpy(np.float64)
+    ok = np.isfinite(angle)
+    if ok.sum() < 10:
+        raise CosmicInputError(f"{where}: obs['{key}'] has {int(ok.sum())} numeric angles; need at least 10.")
+    angle = np.mod(angle, TWO_PI)
+    position = cells["cycle_position"].to_numpy(np.float64)
+    cells[f"reference_{key}"] = np.where(ok, angle, np.nan)
+    return {"key": key, "n": int(ok.sum()),
+            "circular_correlation": circular_correlation(position[ok], angle[ok]),
+            "circular_correlation_fl": circular_correlation_fl(position[ok], angle[ok]),
+            "agreement": circular_agreement(position[ok], angle[ok])}
+
+
 def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, truth_dir=None,
                    crops: Mapping[str, str] | None = None, generated_images=None, dna_channel: int = 0) -> dict:
     """Cell-cycle stage: RNA phase and position, morphology calls, agreement, figures.
@@ -792,6 +811,8 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
                 "phase_counts_position": cells["phase_position"].value_counts().to_dict(),
                 "tirosh_vs_position": phase_agreement(cells["phase"], cells["phase_position"])},
     }
+    if p.reference_angle_key is not None:
+        summary["reference_angle"] = _reference_angle_agreement(obs, p.reference_angle_key, cells, where)
     confusions: dict[str, dict] = {}
 
     # --- morphology: DNA content and area

@@ -170,12 +170,6 @@ def _check_column(obs: pd.DataFrame, key: str, param: str) -> None:
 
 def define_comparisons(obs: pd.DataFrame, params: DrugResponseParams) -> dict[str, Comparison]:
     """The ``treatment`` and ``response`` comparisons; those lacking groups carry ``skipped``."""
-    _check_column(obs, params.treatment_key, "treatment_key")
-    treatment = obs[params.treatment_key]
-    known = treatment.notna().to_numpy()
-    is_control = known & (treatment.astype(str) == params.control).to_numpy()
-    is_treated = known & ~is_control
-    treated_levels = sorted(set(treatment[is_treated].astype(str)))
     samples = obs["sample"].astype(str).to_numpy() if "sample" in obs else None
     out = {}
 
@@ -191,11 +185,25 @@ def define_comparisons(obs: pd.DataFrame, params: DrugResponseParams) -> dict[st
             comp.reference_samples = sorted(set(samples[cells & ~is_group_all]))
         return comp
 
-    group = treated_levels[0] if len(treated_levels) == 1 else "treated"
-    out["treatment"] = finish(
-        Comparison("treatment", COMPARISON_TITLES["treatment"], group, params.control), known, is_treated,
-        f"obs['{params.treatment_key}'] levels: {_levels(treatment)}; set drug_response.control to the "
-        "untreated level")
+    if params.treatment_key not in obs.columns:
+        # A cohort without a treatment column (e.g. untreated cells only): nothing to compare there;
+        # a per-cell response, if any, is compared across all cells.
+        comp = Comparison("treatment", COMPARISON_TITLES["treatment"], "treated", params.control)
+        comp.skipped = (f"the cohort has no obs column '{params.treatment_key}' (drug_response.treatment_key); "
+                        "add a 'treatment' column to the sample sheet or set the key to an obs column")
+        out["treatment"] = comp
+        is_treated = np.ones(len(obs), dtype=bool)
+    else:
+        treatment = obs[params.treatment_key]
+        known = treatment.notna().to_numpy()
+        is_control = known & (treatment.astype(str) == params.control).to_numpy()
+        is_treated = known & ~is_control
+        treated_levels = sorted(set(treatment[is_treated].astype(str)))
+        group = treated_levels[0] if len(treated_levels) == 1 else "treated"
+        out["treatment"] = finish(
+            Comparison("treatment", COMPARISON_TITLES["treatment"], group, params.control), known, is_treated,
+            f"obs['{params.treatment_key}'] levels: {_levels(treatment)}; set drug_response.control to the "
+            "untreated level")
 
     comp = Comparison("response", COMPARISON_TITLES["response"], params.resistant, params.responsive)
     if params.response_key not in obs.columns:

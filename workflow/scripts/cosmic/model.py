@@ -433,11 +433,17 @@ def _to_tensors(d: dict, device) -> dict:
     return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in d.items()}
 
 
-def _fingerprint(params: CosmicParams, split: pd.Series) -> str:
+def _fingerprint(params: CosmicParams, split: pd.Series, data: dict | None = None) -> str:
+    """Identity of a training run: parameters, split and the training data themselves, so a
+    checkpoint left by a run on other data (e.g. after re-normalising) is never resumed."""
     keys = {k: getattr(params, k) for k in _TRAINING_KEYS}
     h = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode())
     h.update("".join(split.astype(str).str[:2]).encode())
     h.update("|".join(map(str, split.index)).encode())
+    for key in sorted(data or {}):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(data[key].detach().cpu().numpy() if torch.is_tensor(data[key])
+                                      else np.asarray(data[key])).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -497,7 +503,7 @@ def _fit(adata, split, params, outdir, progress, resume, device):
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     gen = torch.Generator().manual_seed(params.seed)
-    fp = _fingerprint(params, split)
+    fp = _fingerprint(params, split, tr)
     state = dict(epoch=0, best_val=float("inf"), best_epoch=-1, bad=0, history=[], done=False,
                  best_state=copy.deepcopy(model.state_dict()))
     ckpt = Path(outdir) / CHECKPOINT if outdir is not None else None

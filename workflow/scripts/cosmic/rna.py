@@ -411,6 +411,7 @@ class RnaParams:
     n_pcs: int = 30
     seed: int = 0
     gene_symbol_column: str | None = None  # var column holding symbols when var_names are IDs
+    library_size_key: str | None = None  # obs column of whole-transcriptome library sizes (gene-panel data)
 
     def __post_init__(self):
         def fail(key, want):
@@ -563,7 +564,18 @@ def process_counts(adata: anndata.AnnData, params: RnaParams | None = None, samp
         )
 
     adata.layers["counts"] = adata.X.copy()
-    sc.pp.normalize_total(adata, target_sum=params.target_sum)
+    if params.library_size_key:
+        # A gene panel's own total is not the cell's library size; divide by the recorded one.
+        if params.library_size_key not in adata.obs:
+            raise CosmicInputError(f"{where}: rna.library_size_key '{params.library_size_key}' is not an obs column "
+                                   f"of the count matrix; obs has {list(adata.obs.columns)[:20]}.")
+        size = pd.to_numeric(adata.obs[params.library_size_key], errors="coerce").to_numpy(np.float64)
+        if not np.all(np.isfinite(size)) or np.any(size <= 0):
+            raise CosmicInputError(f"{where}: obs['{params.library_size_key}'] must hold positive numbers for "
+                                   "every cell (rna.library_size_key).")
+        adata.X = sp.csr_matrix(sp.diags((params.target_sum / size).astype(np.float32)) @ adata.X)
+    else:
+        sc.pp.normalize_total(adata, target_sum=params.target_sum)
     sc.pp.log1p(adata)
 
     n_top = min(params.n_top_genes, adata.n_vars)
