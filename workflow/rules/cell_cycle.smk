@@ -29,7 +29,7 @@ rule cell_cycle:
     params:
         cell_cycle=config["cell_cycle"],
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
-        truth=DEMO_DIR if DEMO else None,
+        truth=lambda wildcards, input: (str(Path(input.truth).parent) if DEMO else None),
         first_image=next(
             (path for images in IMAGES.values() for path in images.values()), None
         ),

@@ -30,6 +30,6 @@ rule drug_response:
         mem_mb=8000,
     params:
         drug_response=config["drug_response"],
-        truth=DEMO_DIR if DEMO else None,
+        truth=lambda wildcards, input: (str(Path(input.truth).parent) if DEMO else None),
     script:
         "../scripts/drug_response.py"
