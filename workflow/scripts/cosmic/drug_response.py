@@ -207,8 +207,10 @@ def define_comparisons(obs: pd.DataFrame, params: DrugResponseParams) -> dict[st
 
     comp = Comparison("response", COMPARISON_TITLES["response"], params.resistant, params.responsive)
     if params.response_key not in obs.columns:
+        columns = list(map(str, obs.columns))
         comp.skipped = (f"the cohort has no obs column '{params.response_key}' (drug_response.response_key); "
-                        f"obs columns: {list(map(str, obs.columns))}")
+                        f"obs columns: {columns[:8]}{' ...' if len(columns) > 8 else ''}; a per-cell "
+                        "response comes from the sample sheet's 'annotations' table")
         out["response"] = comp
     else:
         response = obs[params.response_key].astype(object)
