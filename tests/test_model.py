@@ -306,7 +306,8 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
     assert r2m["overall"]["cosmic_sample"]["coverage"] > r2m["overall"]["cosmic_mean"]["coverage"]
     conf = pd.read_csv(tmp_path / "cell_type_confusion.tsv", sep="\t", dtype={"true_label": str,
                                                                              "predicted_label": str})
-    assert set(conf["source"]) == {"observed_morphology", "generated_cosmic", "generated_cosmic_sample"}
+    assert set(conf["source"]) == {"observed_morphology", "observed_region_properties", "generated_cosmic",
+                                   "generated_cosmic_sample"}  # fm run: region properties read too
     obs_conf = conf[conf["source"] == "observed_morphology"]
     assert obs_conf["n_cells"].sum() == n_test
     hit = obs_conf.loc[obs_conf["true_label"] == obs_conf["predicted_label"], "n_cells"].sum()

@@ -954,8 +954,19 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
     acc, lab_pred = _transfer(T["rep"], lab_tr, lab_te, {**pred_rep, "cosmic_sample": P["rep_samples"][0]}, y_rep,
                               return_predictions=True)
     transfer = dict(labels=lab_method, **acc)
-    confusion = _confusion_table(lab_te, {k: lab_pred[k] for k in (
-        "observed_morphology", "generated_cosmic", "generated_cosmic_sample")})
+    # The other observed morphology representation (foundation embedding or region properties), so
+    # both are read against the same RNA types; its own classifier is fitted on training cells.
+    other_key, other_source = (("X_fm", "observed_foundation") if pre.state["representation"] == "morph"
+                               else ("X_morph", "observed_region_properties"))
+    sources = ["observed_morphology", "generated_cosmic", "generated_cosmic_sample"]
+    if other_key in adata.obsm:
+        acc_o, pred_o = M.classifier_transfer(np.asarray(train_a.obsm[other_key], dtype=np.float32), lab_tr,
+                                              {other_source: np.asarray(test_a.obsm[other_key], dtype=np.float32)},
+                                              lab_te, standardise=True, C=1.0, max_iter=2000)
+        transfer[other_source] = acc_o[other_source]
+        lab_pred[other_source] = pred_o[other_source]
+        sources.insert(1, other_source)
+    confusion = _confusion_table(lab_te, {k: lab_pred[k] for k in sources})
 
     # --- evaluation in the terms of the published COSMIC code
     src = test_a.layers["counts"] if "counts" in test_a.layers else test_a.X
@@ -1087,7 +1098,10 @@ def _label_order(labels) -> list[str]:
     return sorted(labels, key=int) if all(x.isdigit() for x in labels) else labels
 
 
-CONFUSION_SOURCES = {"observed_morphology": "observed morphology", "generated_cosmic": "generated (COSMIC mean)",
+CONFUSION_SOURCES = {"observed_morphology": "observed morphology (COSMIC's representation)",
+                     "observed_foundation": "observed foundation embedding",
+                     "observed_region_properties": "observed region properties",
+                     "generated_cosmic": "generated (COSMIC mean)",
                      "generated_cosmic_sample": "generated (COSMIC sample)"}
 
 
@@ -1145,7 +1159,8 @@ def _confusion_figure(outdir: Path, confusion: pd.DataFrame, transfer: dict):
     (outdir / "cell_type_confusion.txt").write_text(
         "Confusion matrices on test cells: rows are RNA-derived cell types (Leiden clusters of training cells "
         "transferred to test cells, or cosmic.label_key), columns the type predicted by a logistic regression "
-        "trained on observed morphology of training cells and applied to the observed morphology, the COSMIC "
+        "trained on observed morphology of training cells and applied to the observed morphology (COSMIC's "
+        "representation, and the other observed representation with its own classifier when present), the COSMIC "
         "conditional mean generated from RNA, and one COSMIC sample. Colour: fraction of the row; numbers: cells. "
         "Table: cell_type_confusion.tsv.\n")
 
