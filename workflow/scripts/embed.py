@@ -4,14 +4,22 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
+import time
+
 import numpy as np
 
 from cosmic.atomic import atomic_path
 from cosmic.foundation import embed_crops, load_model
 
 model = load_model(snakemake.input.model)
+start = time.perf_counter()
 embedding = embed_crops(model, snakemake.input.crops, batch_size=snakemake.params.batch_size)
 with atomic_path(snakemake.output[0]) as tmp:
     with open(tmp, "wb") as fh:
         np.save(fh, embedding)
-print(f"{embedding.shape[0]} nuclei x {embedding.shape[1]} dims", file=sys.stderr)
+seconds = time.perf_counter() - start
+print(
+    f"{embedding.shape[0]} nuclei x {embedding.shape[1]} dims in {seconds:.1f} s "
+    f"({embedding.shape[0] / max(seconds, 1e-9):,.1f} nuclei/s)",
+    file=sys.stderr,
+)
