@@ -236,3 +236,15 @@ def test_two_sample_metrics_balances_sizes():
     assert M.two_sample_metrics(real, gen, max_cells=100)["n_cells"] == 100
     ident = M.two_sample_metrics(real, real)
     assert ident["sliced_wasserstein"] == 0.0 and ident["coverage"] == 1.0
+
+
+def test_kernel_ridge_tuned_recovers_a_nonlinear_map():
+    from cosmic import metrics as M
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    y = np.c_[np.sin(2 * x[:, 0]), x[:, 1] ** 2] + 0.1 * rng.normal(size=(600, 2))
+    fit = M.kernel_ridge_tuned(x[:400], y[:400], x[400:500], y[400:500], x[500:], statistic=M.mean_r2)
+    assert fit["test"].shape == (100, 2) and fit["val_score"] > 0.8
+    assert M.mean_r2(y[500:], fit["test"]) > 0.8
+    assert M.mean_r2(y[500:], M.ridge_baseline(x[:400], y[:400], x[500:])) < 0.5

@@ -328,3 +328,30 @@ def test_checkpoint_of_other_training_data_is_not_resumed():
     same = _fingerprint(params, split, {k: v.clone() for k, v in data.items()})
     assert _fingerprint(params, split, data) == same
     assert _fingerprint(params, split, {**data, "expr": data["expr"] * 2}) != same
+
+
+def test_interval_scale_calibrates_on_held_out_cells():
+    """Samples twice too wide (or too narrow) get a per-output scale that restores nominal coverage."""
+    from cosmic import metrics as M
+
+    rng = np.random.default_rng(0)
+    n, d = 4000, 3
+    sd = np.array([0.5, 1.0, 2.0])
+    mean = rng.normal(size=(n, d))
+    y = mean + sd * rng.normal(size=(n, d))
+    for factor in (2.0, 0.5):
+        samples = mean[None] + factor * sd * rng.normal(size=(200, n, d))
+        s = cm.interval_scale(y[:2000], mean[:2000], samples[:, :2000], 0.9)
+        np.testing.assert_allclose(s, 1 / factor, rtol=0.1)
+        fixed = mean[None, 2000:] + s * (samples[:, 2000:] - mean[None, 2000:])
+        assert abs(M.interval_coverage(y[2000:], fixed, 0.9)["coverage"] - 0.9) < 0.02
+
+
+def test_fit_calibrates_intervals_on_validation_cells():
+    a = synthetic_cohort(n=300)
+    split = make_splits(a.obs, seed=0)
+    r = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**FAST, "epochs": 5}), progress=False)
+    assert set(r["calibration_scales"]) == {"rna_embedding", "morphology_representation", "expression"}
+    s = r["model"].m2r.calib_scale
+    assert s.shape == (FAST["n_rna_pcs"],) and bool((s > 0).all())
+    assert "m2r.calib_scale" in r["model"].state_dict()
