@@ -106,8 +106,36 @@ def test_augment_keeps_shape_and_is_seeded():
     a, b = fm.augment(x, g1), fm.augment(x, g2)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
     # dihedral part alone preserves the pixel multiset
-    c = fm.augment(x, torch.Generator().manual_seed(3), scale=0, gain_sd=0, offset_sd=0)
+    c = fm.augment(x, torch.Generator().manual_seed(3), scale=0, gain_sd=0, offset_sd=0, shift=0, noise_sd=0)
     assert torch.allclose(c.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+    # whole-pixel shifts move content without resampling it; zeros come in at the border
+    d = fm.augment(x, torch.Generator().manual_seed(4), scale=0, gain_sd=0, offset_sd=0, shift=2, noise_sd=0)
+    assert d.shape == x.shape and d.is_contiguous()
+    xs = set(x.flatten().tolist())
+    assert all(v in xs or v == 0 for v in d.flatten().tolist())
+    assert not torch.equal(d, fm.augment(x, torch.Generator().manual_seed(4), scale=0, gain_sd=0, offset_sd=0, shift=0))
+    # nuclei-preserving defaults: no scale or intensity change, so DNA content survives
+    e = fm.augment(x, torch.Generator().manual_seed(5), **dict(fm.AUGMENT, shift=0, noise_sd=0))
+    assert torch.allclose(e.sum(dim=(2, 3)), x.sum(dim=(2, 3)), atol=1e-4)
+
+
+def test_center_pool_reads_the_central_window():
+    w = fm._pool_weights("center", 8).reshape(8, 8)
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and (w[2:6, 2:6] > 0).all() and w[:2].eq(0).all()
+    assert torch.allclose(fm._pool_weights("mean", 4), torch.full((16,), 1 / 16))
+    assert (fm._pool_weights("center", 3).reshape(3, 3) > 0).sum() == 4  # ceil(3/2)^2 tokens
+    m = fm.build_model(fm.FoundationParams(**TINY), 2, 16).eval()
+    x = torch.rand(3, 2, 16, 16)
+    with torch.no_grad():
+        t = m.encode_tokens(x).reshape(3, 4, 4, -1)
+        assert torch.allclose(m.embed(x), t[:, 1:3, 1:3].mean(dim=(1, 2)), atol=1e-6)
+        # MAE: only the visible tokens of the window; none visible -> mean of the visible tokens
+        tok = torch.rand(2, 3, 5)
+        keep = torch.tensor([[5, 6, 0], [0, 3, 12]])
+        z = m.pool(tok, keep)
+        assert torch.allclose(z[0], tok[0, :2].mean(0)) and torch.allclose(z[1], tok[1].mean(0))
+    with pytest.raises(CosmicInputError, match="pool"):
+        fm.FoundationParams(pool="cls")
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,6 +224,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, banks):
     # an incompatible architecture is refused, not silently mixed
     with pytest.raises(CosmicInputError, match="another architecture"):
         fm.train(banks, tmp_path / "b", dict(params, max_steps=20, embed_dim=64), progress=False)
+    with pytest.raises(CosmicInputError, match="pool"):
+        fm.train(banks, tmp_path / "b", dict(params, max_steps=20, pool="mean"), progress=False)
     # resume=False starts over
     s4 = fm.train(banks, tmp_path / "b", params, progress=False, resume=False)
     assert s4["start_step"] == 0
@@ -259,6 +289,18 @@ def test_random_encoder_embeddings_follow_the_seed(banks):
     assert a.shape == (64, TINY["embed_dim"])
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path, trained, banks):
+    params = trained.params.to_dict()
+    del params["pool"]
+    torch.save({"format": fm.FORMAT, "params": params, "input_shape": [2, 16],
+                "state_dict": trained.state_dict()}, tmp_path / "old.pt")
+    old = fm.load_model(tmp_path / "old.pt", device="cpu")
+    assert old.params.pool == "mean"
+    with torch.no_grad():
+        x = torch.rand(2, 2, 16, 16)
+        assert torch.allclose(old.embed(x), old.encode_tokens(x).mean(dim=1), atol=1e-6)
 
 
 def test_cli_embed(tmp_path, trained, banks):

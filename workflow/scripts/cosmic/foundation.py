@@ -6,11 +6,14 @@ Two objectives share one encoder and one image decoder:
 ``mae``
     masked autoencoding: crops are cut into ``patch_size`` patches, a random ``mask_ratio``
     of them is hidden, the encoder sees the visible patches only and a light transformer
-    decoder reconstructs the hidden ones (MSE on hidden patches). The embedding is the mean
-    of the encoder's output tokens.
+    decoder reconstructs the hidden ones (MSE on hidden patches).
 ``vicreg``
     augmentation invariance: two augmented views of each crop, encoder on all patches,
     VICReg loss (invariance + variance + covariance) on a projector MLP of the embeddings.
+
+The embedding is read out from the encoder's output tokens (``pool``): by default the mean
+of the tokens of the crop's central window (``center``; crops are centred on the nucleus and
+include its neighbours), or of all tokens (``mean``, models made before ``pool`` existed).
 
 Both add an *image head* trained with a reconstruction loss from the pooled embedding alone,
 so that :func:`decode_embeddings` renders any embedding (including embeddings generated
@@ -23,6 +26,14 @@ tiny preset, equal compute: 250 MAE steps vs 55 VICReg steps of 64 crops, ~90 s 
 core each; mean of 3 splits): VICReg 0.651 / 0.656 / 0.628 vs MAE 0.614 / 0.632 / 0.636
 for cell type / phase / treatment (random-init encoder 0.572 / 0.620 / 0.627; region-property
 ``morph_*`` features 0.790 / 0.725 / 0.715). Both are undertrained at this budget.
+
+The current tiny VICReg recipe (issue #5; ``benchmarks/foundation_probes.py`` compares it with
+the old one on a demo run) differs from the old in three measured ways: the central-window
+readout (``pool="center"``: a median demo nucleus covers ~15% of a 64 px crop, so the mean over
+all tokens mostly describes background and neighbours; alone worth ~+0.03 to +0.10 on cell type
+even at random init), nuclei-preserving augmentations (:data:`AUGMENT`: dihedral group and
+whole-pixel shifts, no scale or intensity jitter, which erased nuclear size and DNA content),
+and a longer, hotter schedule (150 steps at lr 5e-3 instead of 70 at 2e-3).
 
 One code path for CPU and GPUs: the same :func:`train` runs a tiny model on a laptop or, when
 launched by ``torchrun`` (``WORLD_SIZE > 1``), DistributedDataParallel over several GPUs
@@ -85,6 +96,7 @@ __all__ = [
 
 FORMAT = "cosmic-foundation/1"
 OBJECTIVES = ("mae", "vicreg")
+POOLS = ("center", "mean")
 DEFAULT_OBJECTIVE = "vicreg"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,8 +113,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  batch_size=512, max_steps=100_000, lr=6e-4, warmup_steps=5_000, checkpoint_every=1_000),
 }
 # Per-objective overrides of a preset (VICReg encodes two full views per crop, ~3.5x the cost
-# of a MAE step, so the CPU preset takes fewer steps for the same time budget).
-PRESET_OBJECTIVE = {"tiny": {"vicreg": dict(max_steps=70, warmup_steps=7)}}
+# of a MAE step, so the CPU preset takes fewer steps for the same time budget; 150 VICReg
+# steps of 64 crops are ~2 minutes on 2 laptop cores).
+PRESET_OBJECTIVE = {"tiny": {"vicreg": dict(max_steps=150, warmup_steps=15, lr=5e-3)}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,6 +136,7 @@ class FoundationParams:
     patch_size: int | None = None
     decoder_dim: int | None = None
     decoder_depth: int | None = None
+    pool: str = "center"
     mask_ratio: float = 0.75
     recon_weight: float = 1.0
     batch_size: int | None = None
@@ -144,6 +158,8 @@ class FoundationParams:
         if self.objective not in OBJECTIVES:
             raise CosmicInputError(
                 f"foundation parameter objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.pool not in POOLS:
+            raise CosmicInputError(f"foundation parameter pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         defaults = {**PRESETS[self.preset], **PRESET_OBJECTIVE.get(self.preset, {}).get(self.objective, {})}
         for k, v in defaults.items():
             if getattr(self, k) is None:
@@ -245,6 +261,26 @@ class TokenDecoder(nn.Module):
         return self.out(self.norm(x))
 
 
+def _pool_weights(pool: str, grid: int) -> torch.Tensor:
+    """Readout weights over the ``grid x grid`` patch tokens (sum 1).
+
+    ``center``: uniform over the central ``ceil(grid / 2)`` x ``ceil(grid / 2)`` tokens, i.e. the
+    middle half of the crop's side. Crops are cut centred on the nucleus with room for its
+    neighbours, so the mean over *all* tokens is dominated by background and neighbouring
+    nuclei (a median demo nucleus covers ~15% of a 64 px crop); the central window holds the
+    nucleus itself while attention still lets those tokens read the context. ``mean``: all
+    tokens (models trained before ``pool`` existed)."""
+    w = torch.zeros(grid, grid)
+    if pool == "mean":
+        w[:] = 1
+    else:
+        k = max(1, -(-grid // 2))
+        a = (grid - k) // 2
+        w[a:a + k, a:a + k] = 1
+    w = w.flatten()
+    return w / w.sum()
+
+
 def _dec_heads(dim: int) -> int:
     for h in (8, 4, 2, 1):
         if dim % h == 0 and dim // h >= 16:
@@ -275,6 +311,7 @@ class FoundationModel(nn.Module):
         patch_pixels = channels * p * p
         self.patch_embed = nn.Linear(patch_pixels, D)
         self.pos = nn.Parameter(torch.zeros(1, self.n_patches, D))
+        self.register_buffer("pool_weights", _pool_weights(params.pool, self.grid), persistent=False)
         self.blocks = nn.ModuleList(Block(D, params.heads) for _ in range(params.depth))
         self.norm = nn.LayerNorm(D)
         # embedding -> image: one token per patch position, seeded by the embedding
@@ -319,8 +356,21 @@ class FoundationModel(nn.Module):
             t = b(t)
         return self.norm(t)
 
+    def pool(self, tokens, keep=None):
+        """Embedding from output tokens: weighted mean with ``pool_weights`` (the tokens of the
+        central window for ``pool="center"``, all tokens for ``"mean"``). With ``keep`` (MAE:
+        indices of the visible patches) the weights of the visible tokens are renormalised;
+        crops with no visible token in the window fall back to the mean of their tokens."""
+        w = self.pool_weights.to(tokens.dtype)
+        if keep is None:
+            return torch.einsum("btd,t->bd", tokens, w)
+        wk = w[keep]
+        den = wk.sum(dim=1, keepdim=True)
+        z = torch.einsum("btd,bt->bd", tokens, wk) / den.clamp_min(1e-12)
+        return torch.where(den > 0, z, tokens.mean(dim=1))
+
     def embed(self, x):
-        return self.encode_tokens(x).mean(dim=1)
+        return self.pool(self.encode_tokens(x))
 
     def decode(self, z):
         tokens = self.image_head.inp(z).unsqueeze(1).expand(-1, self.n_patches, -1)
@@ -343,7 +393,7 @@ class FoundationModel(nn.Module):
         order = torch.argsort(noise, dim=1)
         keep = order[:, :n_keep]
         tokens = self.encode_tokens(x, keep)
-        z = tokens.mean(dim=1)
+        z = self.pool(tokens, keep)
         dd = self.mask_token.shape[-1]
         dec_in = self.mae_decoder.inp(tokens)
         full = self.mask_token.expand(B, N, dd).to(dec_in.dtype).clone()
@@ -384,13 +434,23 @@ class FoundationModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------
 # augmentations (batched, in torch, on the training device)
-def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = 0.1,
-            gain_sd: float = 0.1, offset_sd: float = 0.02) -> torch.Tensor:
-    """Random dihedral transform (flips, 90 degree rotations), a small isotropic scale
-    change (factor in [1/(1+scale), 1+scale]) and per-channel intensity jitter (gain
-    ``exp(N(0, gain_sd))``, offset ``N(0, offset_sd)``). Nuclei have no canonical
-    orientation, so the dihedral group is exact; scale and intensity changes are kept small
-    because nuclear size and DNA content carry biology."""
+# What :func:`train` passes to :func:`augment` (read at each step). Nuclei-preserving: the
+# dihedral group plus whole-pixel shifts of up to 4 px; no scale or intensity changes, because
+# nuclear area and integrated DNA intensity are what cell type and cycle phase show in. The
+# recipe before issue #5 was scale 0.1, gain_sd 0.1, offset_sd 0.02, no shift, no noise.
+AUGMENT = dict(scale=0.0, gain_sd=0.0, offset_sd=0.0, shift=4, noise_sd=0.0)
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = AUGMENT["scale"],
+            gain_sd: float = AUGMENT["gain_sd"], offset_sd: float = AUGMENT["offset_sd"],
+            shift: float = AUGMENT["shift"], noise_sd: float = AUGMENT["noise_sd"]) -> torch.Tensor:
+    """Random dihedral transform (flips, 90 degree rotations), a small translation (up to
+    ``int(shift)`` whole pixels along each axis), an optional isotropic scale change (factor in
+    [1/(1+scale), 1+scale]), per-channel intensity jitter (gain ``exp(N(0, gain_sd))``, offset
+    ``N(0, offset_sd)``) and additive pixel noise ``N(0, noise_sd)``.
+
+    Nuclei have no canonical orientation or position in the crop, so the dihedral group and
+    small shifts are exact invariances. Scale and intensity changes are not: nuclear size and
+    integrated DNA intensity carry cell type and cell-cycle phase, and an objective made
+    invariant to them discards exactly that signal (see :data:`AUGMENT`)."""
     B, C, S, S2 = x.shape
     dev = x.device
 
@@ -413,10 +473,21 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, scale: fl
         theta[:, 1, 1] = 1 / s
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    m = int(shift)
+    if m > 0:  # whole-pixel translations, zeros shifted in (exact: no resampling)
+        t = torch.floor(rand(B, 2) * (2 * m + 1)).long().clamp_(max=2 * m)
+        ar = torch.arange(S, device=dev)
+        iy = ar[None, :] + t[:, :1]
+        ix = ar[None, :] + t[:, 1:]
+        xp = F.pad(x, (m, m, m, m))
+        x = xp[torch.arange(B, device=dev)[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+        x = x.permute(0, 3, 1, 2).contiguous()
     if gain_sd > 0 or offset_sd > 0:
         gain = torch.exp(torch.randn(B, C, 1, 1, generator=generator, device=dev) * gain_sd)
         off = torch.randn(B, C, 1, 1, generator=generator, device=dev) * offset_sd
         x = x * gain + off
+    if noise_sd > 0:
+        x = x + torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype) * noise_sd
     return x
 
 
@@ -674,7 +745,9 @@ def _seed_all(seed):
     torch.manual_seed(seed)
 
 
-_ARCH_KEYS = ("objective", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth")
+_ARCH_KEYS = ("objective", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
+# value of a parameter in checkpoints written before it existed
+_LEGACY = {"pool": "mean"}
 
 
 def build_model(params: FoundationParams, channels: int, crop_size: int) -> FoundationModel:
@@ -756,7 +829,7 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
     if resume and last.exists():
         ck = torch.load(last, map_location=device, weights_only=False)
         old = ck.get("params", {})
-        diff = [k for k in _ARCH_KEYS if old.get(k) != getattr(params, k)]
+        diff = [k for k in _ARCH_KEYS if old.get(k, _LEGACY.get(k)) != getattr(params, k)]
         if diff or tuple(ck.get("input_shape", ())) != (C, S):
             raise CosmicInputError(
                 f"file '{last}': checkpoint was made with another architecture or crop shape "
@@ -827,10 +900,10 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
             g.manual_seed(_mix(params.seed, step, rank, 3))
             with torch.no_grad():
                 if params.objective == "mae":
-                    views = (augment(x, g),)
+                    views = (augment(x, g, **AUGMENT),)
                     noise = torch.rand(x.shape[0], model.n_patches, generator=g, device=device)
                 else:
-                    views = (augment(x, g), augment(x, g))
+                    views = (augment(x, g, **AUGMENT), augment(x, g, **AUGMENT))
                     noise = None
             with _autocast(device, amp_dtype):
                 loss, parts = train_model(*views, noise=noise)
@@ -917,7 +990,7 @@ def load_model(path, device=None) -> FoundationModel:
         raise CosmicInputError(f"file '{path}': foundation model not found; run the pretrain step first") from exc
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CosmicInputError(f"file '{path}': not a COSMIC foundation model; re-run the pretrain step")
-    params = FoundationParams.from_config(ck["params"])
+    params = FoundationParams.from_config({**_LEGACY, **ck["params"]})
     C, S = ck["input_shape"]
     model = FoundationModel(params, C, S)
     model.load_state_dict(ck.get("state_dict") or ck["model"])
