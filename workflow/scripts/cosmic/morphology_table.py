@@ -147,7 +147,7 @@ def pair_with_table(sample: str, rna: ad.AnnData, table: pd.DataFrame, metadata:
     ``obsm["X_rna"]`` from ``obsm["X_<embedding>"]``) and a QC table with one row per barcode and
     its status (the statuses of :mod:`cosmic.pairing`).
     """
-    from .pairing import FILTERED, NOT_SEQUENCED, PAIRED, SAMPLE_METADATA
+    from .pairing import FILTERED, NOT_SEQUENCED, PAIRED, assemble_paired
 
     where = f"sample '{sample}': morphology table '{table_path or '<table>'}'"
     rna_barcodes = pd.Index(rna.obs_names.astype(str))
@@ -173,24 +173,10 @@ def pair_with_table(sample: str, rna: ad.AnnData, table: pd.DataFrame, metadata:
                       stacklevel=2)
 
     order = rna_barcodes[rna_barcodes.isin(shared)]
-    paired = rna[order.to_numpy()].copy()
     obs = pd.DataFrame({"sample": sample, "barcode": order.to_numpy(), "pairing_status": PAIRED},
                        index=pd.Index([f"{sample}:{b}" for b in order], name="cell_id"))
-    for key, value in (metadata or {}).items():
-        if key in SAMPLE_METADATA or key.startswith("meta_"):
-            obs[key] = value
-    for column in paired.obs.columns:
-        if column not in obs.columns:
-            obs[column] = paired.obs[column].to_numpy()
-    paired.obs = obs
-    paired.obsm["X_morph"] = table.loc[order].to_numpy(np.float32)
-    paired.uns["morph_features"] = list(table.columns)
-    key = f"X_{embedding}"
-    if key not in paired.obsm:
-        raise CosmicInputError(f"sample '{sample}': the RNA object has no obsm['{key}'] (pairing.embedding = "
-                               f"'{embedding}'); available: {sorted(paired.obsm)}. Set pairing.embedding to one of them.")
-    paired.obsm["X_rna"] = np.asarray(paired.obsm[key], dtype=np.float32)
-    paired.uns["rna_embedding"] = embedding
+    paired = assemble_paired(sample, rna, order.to_numpy(), obs, metadata, table.loc[order].to_numpy(np.float32),
+                             list(table.columns), embedding)
     paired.uns["pairing"] = {"sample": sample, "n_paired": int(len(order)), "n_rna_cells": int(rna.n_obs),
                              "n_pairing_rows": int(len(table)), "n_nuclei": int(len(table)),
                              "source": "morphology_table"}

@@ -194,7 +194,6 @@ def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[
         )
 
     rows = ok["nucleus_row"].to_numpy()
-    paired = rna[ok["barcode"].to_numpy()].copy()
     morph_cols = feature_columns(nuclei)
     obs = pd.DataFrame({
         "sample": sample,
@@ -206,25 +205,10 @@ def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[
         "pairing_distance": ok["distance"].to_numpy(),
         "pairing_status": ok["status"].to_numpy(),
     }, index=pd.Index([f"{sample}:{b}" for b in ok["barcode"]], name="cell_id"))
-    for key, value in (metadata or {}).items():
-        if key in SAMPLE_METADATA or key.startswith("meta_"):
-            obs[key] = value
-    for column in paired.obs.columns:
-        if column not in obs.columns:
-            obs[column] = paired.obs[column].to_numpy()
-    paired.obs = obs
-    paired.obsm["X_morph"] = nuclei.loc[rows, morph_cols].to_numpy(np.float32)
-    paired.uns["morph_features"] = morph_cols
-    key = f"X_{params.embedding}"
-    if key not in paired.obsm:
-        raise CosmicInputError(
-            f"sample '{sample}': the RNA object has no obsm['{key}'] (pairing.embedding = '{params.embedding}'); "
-            f"available: {sorted(paired.obsm)}. Set pairing.embedding to one of them."
-        )
-    paired.obsm["X_rna"] = np.asarray(paired.obsm[key], dtype=np.float32)
+    paired = assemble_paired(sample, rna, ok["barcode"].to_numpy(), obs, metadata,
+                             nuclei.loc[rows, morph_cols].to_numpy(np.float32), morph_cols, params.embedding)
     if embedding is not None:
         paired.obsm["X_fm"] = np.asarray(embedding[rows], dtype=np.float32)
-    paired.uns["rna_embedding"] = params.embedding
     paired.uns["pairing"] = {"sample": sample, "n_paired": int(n_paired), "n_rna_cells": int(n_rna),
                              "n_pairing_rows": int(len(pairing)), "n_nuclei": int(len(nuclei))}
     return paired, qc
@@ -271,6 +255,33 @@ def apply_annotations(paired: ad.AnnData, annotations: pd.DataFrame, sample=None
                       "their labels are missing", stacklevel=2)
     for column in annotations.columns:
         paired.obs[column] = annotations[column].reindex(barcodes).to_numpy()
+    return paired
+
+
+def assemble_paired(sample: str, rna: ad.AnnData, barcodes, obs: pd.DataFrame, metadata: dict | None,
+                    morphology: np.ndarray, morph_names: list[str], embedding: str) -> ad.AnnData:
+    """The paired AnnData of one sample: RNA cells ``barcodes`` with the pairing ``obs`` (sample
+    metadata and the RNA object's own obs columns added), ``obsm["X_morph"]`` and the RNA
+    embedding ``obsm["X_<embedding>"]`` as ``obsm["X_rna"]``. Shared by image and table samples."""
+    paired = rna[np.asarray(barcodes)].copy()
+    obs = obs.copy()
+    for key, value in (metadata or {}).items():
+        if key in SAMPLE_METADATA or key.startswith("meta_"):
+            obs[key] = value
+    for column in paired.obs.columns:
+        if column not in obs.columns:
+            obs[column] = paired.obs[column].to_numpy()
+    paired.obs = obs
+    paired.obsm["X_morph"] = np.asarray(morphology, dtype=np.float32)
+    paired.uns["morph_features"] = list(morph_names)
+    key = f"X_{embedding}"
+    if key not in paired.obsm:
+        raise CosmicInputError(
+            f"sample '{sample}': the RNA object has no obsm['{key}'] (pairing.embedding = '{embedding}'); "
+            f"available: {sorted(paired.obsm)}. Set pairing.embedding to one of them."
+        )
+    paired.obsm["X_rna"] = np.asarray(paired.obsm[key], dtype=np.float32)
+    paired.uns["rna_embedding"] = embedding
     return paired
 
 
