@@ -51,7 +51,6 @@ Circular statistics
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -62,9 +61,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .errors import CosmicInputError, describe
-from .plotting import save_figure
+from .plotting import not_available, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -708,22 +707,6 @@ def load_truth_cells(truth) -> pd.DataFrame | None:
     return table.drop_duplicates(["sample", "barcode"])
 
 
-def _jsonable(o):
-    if isinstance(o, Mapping):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    return o
-
-
 def _read_adata(x, what):
     import anndata as ad
 
@@ -932,10 +915,7 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
             tmp, sep="\t", index=False)
     with atomic_path(outdir / "cells.tsv") as tmp:
         cells.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    summary = _jsonable(summary)
-    with atomic_path(outdir / "summary.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_json(outdir / "summary.json", summary)
 
 
 def _truth_summary(cells: pd.DataFrame, truth: pd.DataFrame) -> dict:
@@ -1027,10 +1007,8 @@ def _fig_dna_content(cells, dna_model, figdir):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if dna_model is None or "dna_n" not in cells:
-        ax.text(0.5, 0.5, "no DNA-content feature in the morphology", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("DNA content by RNA phase (not available)")
-        ax.set_xlabel("DNA content (N)")
-        ax.set_ylabel("cells")
+        not_available(ax, "DNA content by RNA phase", "no DNA-content feature in the morphology",
+                      "DNA content (N)", "cells")
         caption = "No DNA-content feature was found among the morphology features, so no DNA histogram is shown."
     else:
         v = cells["dna_n"].to_numpy(float)
@@ -1073,11 +1051,9 @@ def _fig_along_cycle(cells, info, n_bins, figdir):
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.5), squeeze=False)
     pos = cells["cycle_position"].to_numpy(float)
     if not panels:
-        ax = axes[0, 0]
-        ax.text(0.5, 0.5, "no area or DNA-content feature", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("Nuclear area along the RNA cell-cycle position (not available)")
-        ax.set_xlabel("RNA cell-cycle position (fraction of the cycle)")
-        ax.set_ylabel("nuclear area")
+        not_available(axes[0, 0], "Nuclear area along the RNA cell-cycle position",
+                      "no area or DNA-content feature", "RNA cell-cycle position (fraction of the cycle)",
+                      "nuclear area")
     for ax, (col, lab) in zip(axes[0], panels):
         x, m, e = _binned(pos, cells[col].to_numpy(float), n_bins)
         ax.errorbar(x, m, yerr=e, marker="o", capsize=3, label="observed (all cells)")
@@ -1110,11 +1086,8 @@ def _fig_confusion(confusions, figdir):
     fig, axes = plt.subplots(1, max(1, len(items)), figsize=(4.4 * max(1, len(items)), 4.2), squeeze=False,
                              layout="constrained")
     if not items:
-        ax = axes[0, 0]
-        ax.text(0.5, 0.5, "no morphology phase calls", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("RNA vs morphology phase (not available)")
-        ax.set_xlabel("morphology phase")
-        ax.set_ylabel("RNA phase")
+        not_available(axes[0, 0], "RNA vs morphology phase", "no morphology phase calls", "morphology phase",
+                      "RNA phase")
     for ax, (k, v) in zip(axes[0], items):
         cm = np.asarray(v["confusion"], dtype=float)
         frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)

@@ -39,7 +39,6 @@ genes and morphology shifts that the analysis should find.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -51,9 +50,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .errors import CosmicInputError
-from .plotting import _pyplot, save_figure
+from .plotting import _pyplot, not_available, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -553,16 +552,6 @@ def demo_recovery(truth_dir, de: Mapping[str, pd.DataFrame], morph: pd.DataFrame
 
 # ---------------------------------------------------------------------------------------
 # figures
-def _not_available(ax, title: str, reason: str, xlabel: str = "", ylabel: str = "") -> None:
-    import textwrap
-
-    ax.text(0.5, 0.5, "not available:\n" + textwrap.fill(str(reason), 50), ha="center", va="center",
-            fontsize=9, transform=ax.transAxes, color="0.3")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set(title=title, xlabel=xlabel or "—", ylabel=ylabel or "—")
-
-
 def _write_caption(path: Path, caption: str) -> None:
     with atomic_path(path.with_suffix(".txt")) as tmp:
         tmp.write_text(caption.strip() + "\n")
@@ -576,7 +565,7 @@ def plot_volcano(de: Mapping[str, pd.DataFrame], comps: Mapping[str, Comparison]
         comp, table = comps[name], de.get(name)
         xlabel = f"log2 fold change ({comp.group} / {comp.reference})"
         if comp.skipped or table is None or not len(table):
-            _not_available(ax, comp.title, comp.skipped or "no genes tested", xlabel, "-log10 adjusted p")
+            not_available(ax, comp.title, comp.skipped or "no genes tested", xlabel, "-log10 adjusted p")
             continue
         lfc = table["logfoldchange"].to_numpy(float)
         y = -np.log10(np.clip(table["pval_adj"].to_numpy(float), 1e-300, 1))
@@ -612,7 +601,7 @@ def plot_morphology_effects(morph: pd.DataFrame, comps: Mapping[str, Comparison]
         xlabel = f"Cohen's d ({comp.group} − {comp.reference})"
         t = morph[morph["comparison"] == name]
         if comp.skipped or t.empty or not t["cohens_d"].notna().any():
-            _not_available(ax, comp.title, comp.skipped or "no features tested", xlabel, "region-property feature")
+            not_available(ax, comp.title, comp.skipped or "no features tested", xlabel, "region-property feature")
             continue
         if order is None:
             order = t.assign(a=t["cohens_d"].abs()).sort_values("a", na_position="first")["feature"].tolist()
@@ -649,7 +638,7 @@ def plot_classifier_auc(clf: pd.DataFrame, comps: Mapping[str, Comparison], path
         comp = comps[name]
         t = clf[(clf["comparison"] == name) & clf["auc"].notna()]
         if comp.skipped or t.empty:
-            _not_available(ax, comp.title, comp.skipped or "no feature set available", "features",
+            not_available(ax, comp.title, comp.skipped or "no feature set available", "features",
                            "held-out ROC AUC")
             continue
         x = np.arange(len(t))
@@ -679,9 +668,9 @@ def plot_morphology_associated_genes(assoc: pd.DataFrame, comps: Mapping[str, Co
     scored = assoc[assoc["morphology_association"].notna()]
     if comp.skipped or scored.empty:
         reason = comp.skipped or "no gene has both a morphology R² and a resistant-vs-responsive effect"
-        _not_available(axes[0], "genes: morphology R² vs resistance effect", reason,
+        not_available(axes[0], "genes: morphology R² vs resistance effect", reason,
                        f"|Cohen's d| ({params.resistant} vs {params.responsive})", "held-out R² from morphology")
-        _not_available(axes[1], "top morphology-associated genes", reason, "morphology association",
+        not_available(axes[1], "top morphology-associated genes", reason, "morphology association",
                        "gene")
     else:
         sig = scored["significant"].eq(True).to_numpy(bool)
@@ -725,20 +714,6 @@ def plot_morphology_associated_genes(assoc: pd.DataFrame, comps: Mapping[str, Co
 def _write_tsv(table: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not np.isfinite(obj) else float(obj)
-    return obj
 
 
 def _top_genes(table: pd.DataFrame, n: int, sign: int) -> list:
@@ -834,8 +809,6 @@ def run_drug_response(cohort, variance_table, outdir, params=None, truth_dir=Non
         summary["demo_recovery"] = demo_recovery(truth_dir, de, morph, comps, params)
     summary["outputs"] = dict(**{k: v for k, v in TABLES.items()}, figures=[f"figures/{f}" for f in FIGURES])
     summary["runtime_s"] = round(time.time() - t0, 2)
-    summary = _json_safe(summary)
-    with atomic_path(outdir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    summary = write_json(outdir / "summary.json", summary)
     log.info("drug_response: done in %.1f s", summary["runtime_s"])
     return summary

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .errors import CosmicInputError
 from .plotting import save_figure
 from .splits import make_splits
@@ -1102,8 +1102,7 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
         _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table)
         _confusion_figure(Path(figures_dir), confusion, transfer)
     results["seconds_total"] = time.time() - t0
-    with atomic_path(metrics_path) as tmp:
-        Path(tmp).write_text(json.dumps(_jsonable(results), indent=2))
+    write_json(metrics_path, results)
     return results
 
 
@@ -1305,20 +1304,6 @@ def _confusion_figure(outdir: Path, confusion: pd.DataFrame, transfer: dict):
         "representation, and the other observed representation with its own classifier when present), the COSMIC "
         "conditional mean generated from RNA, and one COSMIC sample. Colour: fraction of the row; numbers: cells. "
         "Table: cell_type_confusion.tsv.\n")
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.floating, float)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
 
 
 def _write_predictions(path, test_a, genes, P, pre, params, decode_images, split):

@@ -31,6 +31,17 @@ def save_figure(fig, path, dpi: int = 110) -> None:
         plt.close(fig)
 
 
+def not_available(ax, title: str, reason: str, xlabel: str = "", ylabel: str = "") -> None:
+    """An empty panel saying why its figure cannot be drawn (the figure file still exists)."""
+    import textwrap
+
+    ax.text(0.5, 0.5, "not available:\n" + textwrap.fill(str(reason), 50), ha="center", va="center",
+            fontsize=9, transform=ax.transAxes, color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set(title=title, xlabel=xlabel or "—", ylabel=ylabel or "—")
+
+
 def _stretch(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [1, 99.8])
     return np.clip((image - lo) / (hi - lo + 1e-9), 0, 1)
