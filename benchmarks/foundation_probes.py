@@ -14,6 +14,8 @@ Recipes:
 ``old``
     the default before issue #5: all-token mean readout, augmentations with +-10% scale and
     intensity gain/offset jitter, 70 VICReg steps.
+``center``
+    the defaults before statistics pooling: mean of the central-window tokens only.
 ``new``
     the current defaults of :class:`cosmic.foundation.FoundationParams` and
     :data:`cosmic.foundation.AUGMENT`.
@@ -52,6 +54,7 @@ from cosmic.nuclei import feature_columns  # noqa: E402
 OLD_AUGMENT = dict(scale=0.1, gain_sd=0.1, offset_sd=0.02, shift=0.0, noise_sd=0.0)
 RECIPES = {
     "old": dict(params=dict(pool="mean", max_steps=70, warmup_steps=7, lr=2e-3), augment=OLD_AUGMENT),
+    "center": dict(params=dict(pool="center"), augment=None),  # defaults before statistics pooling
     "new": dict(params={}, augment=None),  # current defaults
 }
 
@@ -108,7 +111,7 @@ def probes(annotated, reps: dict, seeds) -> pd.DataFrame:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="?", default="results", help="results dir of a demo run")
-    ap.add_argument("--recipes", nargs="+", default=["old", "new"], choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=["old", "center", "new"], choices=list(RECIPES))
     ap.add_argument("--extra", default="{}", help="JSON foundation params applied to every recipe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe split seeds")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

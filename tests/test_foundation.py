@@ -82,7 +82,7 @@ def test_model_shapes(preset, objective):
     x = torch.rand(2, 2, 64, 64)
     with torch.no_grad():
         z = m.embed(x)
-        assert z.shape == (2, p.embed_dim)
+        assert z.shape == (2, m.embedding_dim) and m.embedding_dim == 2 * p.embed_dim  # center_stats
         assert m.decode(z).shape == x.shape
         if preset == "tiny":
             m.train()
@@ -124,7 +124,7 @@ def test_center_pool_reads_the_central_window():
     assert torch.isclose(w.sum(), torch.tensor(1.0)) and (w[2:6, 2:6] > 0).all() and w[:2].eq(0).all()
     assert torch.allclose(fm._pool_weights("mean", 4), torch.full((16,), 1 / 16))
     assert (fm._pool_weights("center", 3).reshape(3, 3) > 0).sum() == 4  # ceil(3/2)^2 tokens
-    m = fm.build_model(fm.FoundationParams(**TINY), 2, 16).eval()
+    m = fm.build_model(fm.FoundationParams(**TINY, pool="center"), 2, 16).eval()
     x = torch.rand(3, 2, 16, 16)
     with torch.no_grad():
         t = m.encode_tokens(x).reshape(3, 4, 4, -1)
@@ -136,6 +136,25 @@ def test_center_pool_reads_the_central_window():
         assert torch.allclose(z[0], tok[0, :2].mean(0)) and torch.allclose(z[1], tok[1].mean(0))
     with pytest.raises(CosmicInputError, match="pool"):
         fm.FoundationParams(pool="cls")
+
+
+def test_statistics_pooling_appends_the_window_sd():
+    m = fm.build_model(fm.FoundationParams(**TINY, pool="center_stats"), 2, 16).eval()
+    assert m.embedding_dim == 2 * TINY["embed_dim"]
+    x = torch.rand(3, 2, 16, 16)
+    with torch.no_grad():
+        win = m.encode_tokens(x).reshape(3, 4, 4, -1)[:, 1:3, 1:3].reshape(3, 4, -1)
+        z = m.embed(x)
+        D = TINY["embed_dim"]
+        assert torch.allclose(z[:, :D], win.mean(1), atol=1e-5)
+        assert torch.allclose(z[:, D:], win.var(1, unbiased=False).add(1e-6).sqrt(), atol=1e-5)
+        assert m.decode(z).shape == x.shape
+        # MAE: statistics of the visible window tokens only
+        tok = torch.rand(2, 3, D)
+        keep = torch.tensor([[5, 6, 0], [0, 3, 12]])
+        zk = m.pool(tok, keep)
+        assert torch.allclose(zk[0, :D], tok[0, :2].mean(0), atol=1e-6)
+        assert torch.allclose(zk[0, D:], tok[0, :2].var(0, unbiased=False).add(1e-6).sqrt(), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,7 +274,7 @@ def test_distributed_gloo_two_processes(tmp_path, banks):
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["world_size"] == 2 and set(ck["rng"]) == {0, 1}
     m = fm.load_model(out / "model.pt", device="cpu")
-    assert fm.embed_crops(m, banks[0]).shape == (40, TINY["embed_dim"])
+    assert fm.embed_crops(m, banks[0]).shape == (40, 2 * TINY["embed_dim"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,11 +287,11 @@ def trained(tmp_path, banks):
 
 def test_embeddings_order_shape_and_empty_bank(tmp_path, trained, banks):
     emb = fm.embed_crops(trained, banks[0], batch_size=7)
-    assert emb.shape == (40, TINY["embed_dim"]) and emb.dtype == np.float32
+    assert emb.shape == (40, 2 * TINY["embed_dim"]) and emb.dtype == np.float32
     rev = write_bank(tmp_path / "rev.npy", np.load(banks[0])[::-1].copy())
     np.testing.assert_allclose(fm.embed_crops(trained, rev, batch_size=16)[::-1], emb, rtol=1e-4, atol=1e-5)
     empty = write_bank(tmp_path / "empty.npy", np.zeros((0, 2, 16, 16), np.float16))
-    assert fm.embed_crops(trained, empty).shape == (0, TINY["embed_dim"])
+    assert fm.embed_crops(trained, empty).shape == (0, 2 * TINY["embed_dim"])
     wrong = write_bank(tmp_path / "wrong.npy", np.zeros((2, 2, 32, 32), np.float16))
     with pytest.raises(CosmicInputError, match="do not match"):
         fm.embed_crops(trained, wrong)
@@ -286,16 +305,17 @@ def test_random_encoder_embeddings_follow_the_seed(banks):
     a = fm.random_encoder_embeddings(banks, p, seed=1)
     b = fm.random_encoder_embeddings(banks, p, seed=1)
     c = fm.random_encoder_embeddings(banks, p, seed=2)
-    assert a.shape == (64, TINY["embed_dim"])
+    assert a.shape == (64, 2 * TINY["embed_dim"])
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
 
-def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path, trained, banks):
-    params = trained.params.to_dict()
+def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path):
+    made_then = fm.build_model(fm.FoundationParams(**TINY, pool="mean"), 2, 16)
+    params = made_then.params.to_dict()
     del params["pool"]
     torch.save({"format": fm.FORMAT, "params": params, "input_shape": [2, 16],
-                "state_dict": trained.state_dict()}, tmp_path / "old.pt")
+                "state_dict": made_then.state_dict()}, tmp_path / "old.pt")
     old = fm.load_model(tmp_path / "old.pt", device="cpu")
     assert old.params.pool == "mean"
     with torch.no_grad():

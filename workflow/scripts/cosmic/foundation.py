@@ -12,8 +12,9 @@ Two objectives share one encoder and one image decoder:
     VICReg loss (invariance + variance + covariance) on a projector MLP of the embeddings.
 
 The embedding is read out from the encoder's output tokens (``pool``): by default the mean
-of the tokens of the crop's central window (``center``; crops are centred on the nucleus and
-include its neighbours), or of all tokens (``mean``, models made before ``pool`` existed).
+and the SD of the tokens of the crop's central window (``center_stats``, statistics pooling;
+crops are centred on the nucleus and include its neighbours), the mean alone (``center``), or
+the mean of all tokens (``mean``, models made before ``pool`` existed).
 
 Both add an *image head* trained with a reconstruction loss from the pooled embedding alone,
 so that :func:`decode_embeddings` renders any embedding (including embeddings generated
@@ -33,7 +34,15 @@ readout (``pool="center"``: a median demo nucleus covers ~15% of a 64 px crop, s
 all tokens mostly describes background and neighbours; alone worth ~+0.03 to +0.10 on cell type
 even at random init), nuclei-preserving augmentations (:data:`AUGMENT`: dihedral group and
 whole-pixel shifts, no scale or intensity jitter, which erased nuclear size and DNA content),
-and a longer, hotter schedule (150 steps at lr 5e-3 instead of 70 at 2e-3).
+and a longer, hotter schedule (150 steps at lr 5e-3 instead of 70 at 2e-3). Statistics pooling
+(``center_stats``) then added the SD of the window's tokens to their mean: chromatin texture,
+the main cell-type signal among the region properties (GLCM features alone: 0.73), is a
+second-order statistic that a mean of tokens exposes poorly to a linear probe. On the same
+demo crops, 150 steps each, mean of 3 splits: cell type 0.707 vs 0.663-0.682 for ``center``,
+phase 0.717 vs 0.706-0.725, treatment 0.685 vs 0.688-0.701 (random init 0.674 / 0.667 / 0.650).
+Longer training (500 steps), context masking, blur, a convolutional stem, a small CNN, crops
+masked to the nucleus, MAE (500 steps) and a per-patch statistics reconstruction target did not
+raise cell type above 0.69.
 
 One code path for CPU and GPUs: the same :func:`train` runs a tiny model on a laptop or, when
 launched by ``torchrun`` (``WORLD_SIZE > 1``), DistributedDataParallel over several GPUs
@@ -96,7 +105,7 @@ __all__ = [
 
 FORMAT = "cosmic-foundation/1"
 OBJECTIVES = ("mae", "vicreg")
-POOLS = ("center", "mean")
+POOLS = ("center_stats", "center", "mean")
 DEFAULT_OBJECTIVE = "vicreg"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -136,7 +145,7 @@ class FoundationParams:
     patch_size: int | None = None
     decoder_dim: int | None = None
     decoder_depth: int | None = None
-    pool: str = "center"
+    pool: str = "center_stats"
     mask_ratio: float = 0.75
     recon_weight: float = 1.0
     batch_size: int | None = None
@@ -264,7 +273,7 @@ class TokenDecoder(nn.Module):
 def _pool_weights(pool: str, grid: int) -> torch.Tensor:
     """Readout weights over the ``grid x grid`` patch tokens (sum 1).
 
-    ``center``: uniform over the central ``ceil(grid / 2)`` x ``ceil(grid / 2)`` tokens, i.e. the
+    ``center`` and ``center_stats``: uniform over the central ``ceil(grid / 2)`` x ``ceil(grid / 2)`` tokens, i.e. the
     middle half of the crop's side. Crops are cut centred on the nucleus with room for its
     neighbours, so the mean over *all* tokens is dominated by background and neighbouring
     nuclei (a median demo nucleus covers ~15% of a 64 px crop); the central window holds the
@@ -291,8 +300,9 @@ def _dec_heads(dim: int) -> int:
 class FoundationModel(nn.Module):
     """ViT encoder (crop -> embedding) + image head (embedding -> crop) + objective heads.
 
-    ``embed(x)``: B x C x S x S -> B x D (mean of the encoder's output tokens over all patches).
-    ``decode(z)``: B x D -> B x C x S x S.
+    ``embed(x)``: B x C x S x S -> B x E, read out from the encoder's output tokens by ``pool``
+    (E = ``embedding_dim``: 2 x embed_dim for ``center_stats``, embed_dim otherwise).
+    ``decode(z)``: B x E -> B x C x S x S.
     ``forward(x1, x2=None, noise=None)``: training loss (scalar) and a dict of its parts.
     """
 
@@ -308,6 +318,9 @@ class FoundationModel(nn.Module):
         self.grid = crop_size // p
         self.n_patches = self.grid ** 2
         D, dd = params.embed_dim, params.decoder_dim
+        # statistics pooling reads out the mean *and* the SD of the window's tokens
+        self.embedding_dim = 2 * D if params.pool == "center_stats" else D
+        E = self.embedding_dim
         patch_pixels = channels * p * p
         self.patch_embed = nn.Linear(patch_pixels, D)
         self.pos = nn.Parameter(torch.zeros(1, self.n_patches, D))
@@ -315,14 +328,14 @@ class FoundationModel(nn.Module):
         self.blocks = nn.ModuleList(Block(D, params.heads) for _ in range(params.depth))
         self.norm = nn.LayerNorm(D)
         # embedding -> image: one token per patch position, seeded by the embedding
-        self.image_head = TokenDecoder(D, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
+        self.image_head = TokenDecoder(E, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
         if params.objective == "mae":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
             self.mae_decoder = TokenDecoder(D, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         else:
             h = 4 * D
-            self.projector = nn.Sequential(nn.Linear(D, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, h))
+            self.projector = nn.Sequential(nn.Linear(E, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, h))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.apply(self._init)
 
@@ -360,14 +373,20 @@ class FoundationModel(nn.Module):
         """Embedding from output tokens: weighted mean with ``pool_weights`` (the tokens of the
         central window for ``pool="center"``, all tokens for ``"mean"``). With ``keep`` (MAE:
         indices of the visible patches) the weights of the visible tokens are renormalised;
-        crops with no visible token in the window fall back to the mean of their tokens."""
+        crops with no visible token in the window fall back to all their tokens. ``center_stats``
+        appends the weighted SD of the tokens to their mean (statistics pooling)."""
         w = self.pool_weights.to(tokens.dtype)
         if keep is None:
-            return torch.einsum("btd,t->bd", tokens, w)
-        wk = w[keep]
-        den = wk.sum(dim=1, keepdim=True)
-        z = torch.einsum("btd,bt->bd", tokens, wk) / den.clamp_min(1e-12)
-        return torch.where(den > 0, z, tokens.mean(dim=1))
+            wk = w.expand(tokens.shape[0], -1)
+        else:
+            wk = w[keep]
+            den = wk.sum(dim=1, keepdim=True)
+            wk = torch.where(den > 0, wk / den.clamp_min(1e-12), torch.full_like(wk, 1.0 / wk.shape[1]))
+        mean = torch.einsum("btd,bt->bd", tokens, wk)
+        if self.params.pool != "center_stats":
+            return mean
+        var = torch.einsum("btd,bt->bd", (tokens - mean[:, None]).pow(2), wk)
+        return torch.cat([mean, torch.sqrt(var + 1e-6)], dim=1)
 
     def embed(self, x):
         return self.pool(self.encode_tokens(x))
@@ -1009,8 +1028,7 @@ def embed_crops(model: FoundationModel, crops_path, batch_size: int = 256, devic
     dev = _model_device(model)
     data = CropBankDataset([crops_path])
     N = len(data)
-    D = model.params.embed_dim
-    out = np.zeros((N, D), dtype=np.float32)
+    out = np.zeros((N, model.embedding_dim), dtype=np.float32)
     if N == 0:
         return out
     if tuple(data.shape) != (model.channels, model.crop_size, model.crop_size):
@@ -1034,8 +1052,8 @@ def embed_crops(model: FoundationModel, crops_path, batch_size: int = 256, devic
 def decode_embeddings(model: FoundationModel, emb, batch_size: int = 256) -> np.ndarray:
     """Render embeddings (N x D) as crops (N x C x S x S float32) with the image head."""
     emb = np.asarray(emb, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[1] != model.params.embed_dim:
-        raise CosmicInputError(f"decode_embeddings: expected N x {model.params.embed_dim} embeddings, got {emb.shape}")
+    if emb.ndim != 2 or emb.shape[1] != model.embedding_dim:
+        raise CosmicInputError(f"decode_embeddings: expected N x {model.embedding_dim} embeddings, got {emb.shape}")
     dev = _model_device(model)
     out = np.zeros((emb.shape[0], model.channels, model.crop_size, model.crop_size), dtype=np.float32)
     was_training = model.training
@@ -1063,7 +1081,7 @@ def random_encoder_embeddings(crops_paths, params: FoundationParams | Mapping | 
         raise CosmicInputError("random_encoder_embeddings: no crop banks given")
     model = build_model(params, data.shape[0], data.shape[1]).to(_resolve_device(device or params.device)).eval()
     parts = [embed_crops(model, p, batch_size) for p in crops_paths]
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, params.embed_dim), np.float32)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, model.embedding_dim), np.float32)
 
 
 # ---------------------------------------------------------------------------------------
