@@ -35,7 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
 from cosmic import metrics as M  # noqa: E402
-from cosmic.model import CosmicParams, Preprocessor, load_truth, run_cosmic  # noqa: E402
+from cosmic.model import CosmicParams, Preprocessor, load_truth, run_cosmic, shared_state_frame  # noqa: E402
 from cosmic.splits import make_splits  # noqa: E402
 
 
@@ -150,24 +150,6 @@ def best_regressor(xtr, ytr, xva, yva, xte, score, back=None, methods=tuple(GRID
 
 
 # ---------------------------------------------------------------------------------------
-def shared_state(cells: pd.DataFrame) -> pd.DataFrame:
-    """The demo's shared latent state as numeric columns."""
-    pos = cells["cycle_position"].to_numpy(float)
-    treated = (cells["treatment"].astype(str) != "control").to_numpy()
-    res = cells["resistant"].astype(str).str.lower().eq("true").to_numpy()
-    out = pd.DataFrame({f"type_{t}": (cells["cell_type"] == t).astype(float).to_numpy()
-                        for t in sorted(cells["cell_type"].unique())})
-    out["treated"] = treated.astype(float)
-    out["treated_resistant"] = (treated & res).astype(float)
-    for c in ("mitotic_arrest", "polyploid"):
-        out[c] = cells[c].astype(str).str.lower().eq("true").astype(float).to_numpy()
-    out["cycle_position"] = pos
-    out["cycle_sin"], out["cycle_cos"] = np.sin(2 * np.pi * pos), np.cos(2 * np.pi * pos)
-    out["dna_content"] = cells["dna_content"].to_numpy(float)
-    out["z_shared"] = cells["z_shared"].to_numpy(float)
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cohort", default="/tmp/wfd3/results/paired/cohort.h5ad")
@@ -199,8 +181,8 @@ def main(argv=None):
         c = cells.reindex(key)
         if c["cell_type"].isna().any():
             raise SystemExit(f"{int(c['cell_type'].isna().sum())} {s} cells not in the ground truth")
-        D[s]["state"] = shared_state(c.reset_index()).to_numpy(float)
-        D[s]["state_frame"] = shared_state(c.reset_index())
+        D[s]["state_frame"] = shared_state_frame(c.reset_index())
+        D[s]["state"] = D[s]["state_frame"].to_numpy(float)
 
     # oracle on the same genes/features, weighted like the achieved totals (test-cell variance)
     g = tr_["genes"].set_index("gene")["oracle_r2"]

@@ -28,7 +28,6 @@ property features measured on the true masks.
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources"
 
@@ -707,8 +706,7 @@ def generate(settings: DemoSettings, outdir, measure=workflow_measure, progress:
         morph.to_csv(tmp, sep="\t", index=False)
     with atomic_path(outdir / "morphology_traits.tsv") as tmp:
         morphology_traits().to_csv(tmp, sep="\t", index=False)
-    with atomic_path(outdir / "oracle.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(outdir / "oracle.json", summary)
     with atomic_path(outdir / "samples.tsv") as tmp:
         sample_sheet(settings, outdir).to_csv(tmp, sep="\t", index=False)
     return summary

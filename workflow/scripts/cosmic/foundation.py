@@ -79,7 +79,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .errors import CosmicInputError
 from .plotting import save_figure
 
@@ -981,8 +981,7 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
         cfg = {"params": params.to_dict(), "input_shape": [C, S], "crops": crop_paths,
                "n_crops": len(data), "world_size": world, "device": str(device),
                "amp_dtype": str(amp_dtype) if amp_dtype else None, "summary": summary}
-        with atomic_path(outdir / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+        write_json(outdir / "config.json", cfg)
     return summary
 
 

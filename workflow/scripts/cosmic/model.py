@@ -688,18 +688,20 @@ def calibrate_model(model: CosmicModel, va: dict, level: float, n_samples: int =
         if m is not None:
             m.calib_scale.fill_(1.0)
     gen = torch.Generator(device=va["rep"].device).manual_seed(seed + 7919)
+    def np_(x):
+        return x.float().cpu().numpy()
+
+    def fit(module, key):  # observed va[key] against the predictions P[key_mean], P[key_samples]
+        scale = interval_scale(np_(va[key]), np_(P[f"{key}_mean"]), np_(P[f"{key}_samples"]), level)
+        module.calib_scale.copy_(torch.as_tensor(scale))
+
     P = _predict_tensors(model, va, n_samples, gen)
-    np_ = lambda x: x.float().cpu().numpy()  # noqa: E731
-    model.m2r.calib_scale.copy_(torch.as_tensor(interval_scale(np_(va["rna"]), np_(P["rna_mean"]),
-                                                               np_(P["rna_samples"]), level)))
-    model.r2m.calib_scale.copy_(torch.as_tensor(interval_scale(np_(va["rep"]), np_(P["rep_mean"]),
-                                                               np_(P["rep_samples"]), level)))
-    P = _predict_tensors(model, va, n_samples, gen)
-    model.expr_decoder.calib_scale.copy_(torch.as_tensor(interval_scale(np_(va["expr"]), np_(P["expr_mean"]),
-                                                                        np_(P["expr_samples"]), level)))
+    fit(model.m2r, "rna")
+    fit(model.r2m, "rep")
+    P = _predict_tensors(model, va, n_samples, gen)  # decoders see the calibrated generator samples
+    fit(model.expr_decoder, "expr")
     if model.use_fm:
-        model.morph_decoder.calib_scale.copy_(torch.as_tensor(interval_scale(
-            np_(va["morph"]), np_(P["morph_mean"]), np_(P["morph_samples"]), level)))
+        fit(model.morph_decoder, "morph")
     out = {}
     for name, m in (("rna_embedding", model.m2r), ("morphology_representation", model.r2m),
                     ("expression", model.expr_decoder), ("morphology_features", model.morph_decoder)):
@@ -1117,18 +1119,26 @@ ACHIEVABLE_DEFINITION = (
     "ceiling")
 
 
-def shared_state_features(cells: pd.DataFrame) -> np.ndarray:
-    """The demo generator's shared latent state of each cell as numeric columns (see ACHIEVABLE_DEFINITION)."""
+def shared_state_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """The demo generator's shared latent state of each cell as named numeric columns (see
+    ACHIEVABLE_DEFINITION); missing values become 0."""
     def flag(c):
         return cells[c].astype(str).str.lower().eq("true").to_numpy(float) if c in cells else np.zeros(len(cells))
     pos = cells["cycle_position"].to_numpy(float)
     treated = (cells["treatment"].astype(str) != "control").to_numpy(float) if "treatment" in cells \
         else np.zeros(len(cells))
-    cols = [(cells["cell_type"].astype(str) == t).to_numpy(float) for t in ("luminal", "basal", "neuroendocrine")]
-    cols += [treated, treated * flag("resistant"), flag("mitotic_arrest"), flag("polyploid"),
-             np.sin(2 * np.pi * pos), np.cos(2 * np.pi * pos), pos]
-    cols += [cells[c].to_numpy(float) for c in ("dna_content", "z_shared") if c in cells]
-    return np.nan_to_num(np.stack(cols, 1))
+    cols = {f"type_{t}": (cells["cell_type"].astype(str) == t).to_numpy(float)
+            for t in ("luminal", "basal", "neuroendocrine")}
+    cols.update(treated=treated, treated_resistant=treated * flag("resistant"),
+                mitotic_arrest=flag("mitotic_arrest"), polyploid=flag("polyploid"),
+                cycle_sin=np.sin(2 * np.pi * pos), cycle_cos=np.cos(2 * np.pi * pos), cycle_position=pos)
+    cols.update({c: cells[c].to_numpy(float) for c in ("dna_content", "z_shared") if c in cells})
+    return pd.DataFrame(cols).fillna(0.0)
+
+
+def shared_state_features(cells: pd.DataFrame) -> np.ndarray:
+    """:func:`shared_state_frame` as a cells x variables array."""
+    return np.nan_to_num(shared_state_frame(cells).to_numpy(float))
 
 
 def _achievable_ceiling(tr_, pre, train_a, val_a, test_a, T, y_expr, y_morph, results) -> dict:
