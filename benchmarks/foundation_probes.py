@@ -15,7 +15,9 @@ Recipes:
     the default before issue #5: all-token mean readout, augmentations with +-10% scale and
     intensity gain/offset jitter, 70 VICReg steps.
 ``center``
-    the defaults before statistics pooling: mean of the central-window tokens only.
+    VICReg on the ViT with the mean of the central-window tokens only.
+``vicreg``
+    the default before the ``features`` objective: VICReg on the tiny ViT, statistics pooling.
 ``new``
     the current defaults of :class:`cosmic.foundation.FoundationParams` and
     :data:`cosmic.foundation.AUGMENT`.
@@ -53,8 +55,9 @@ from cosmic.nuclei import feature_columns  # noqa: E402
 
 OLD_AUGMENT = dict(scale=0.1, gain_sd=0.1, offset_sd=0.02, shift=0.0, noise_sd=0.0)
 RECIPES = {
-    "old": dict(params=dict(pool="mean", max_steps=70, warmup_steps=7, lr=2e-3), augment=OLD_AUGMENT),
-    "center": dict(params=dict(pool="center"), augment=None),  # defaults before statistics pooling
+    "old": dict(params=dict(objective="vicreg", pool="mean", max_steps=70, warmup_steps=7, lr=2e-3), augment=OLD_AUGMENT),
+    "center": dict(params=dict(objective="vicreg", pool="center"), augment=None),
+    "vicreg": dict(params=dict(objective="vicreg"), augment=None),  # defaults before the features objective
     "new": dict(params={}, augment=None),  # current defaults
 }
 
@@ -111,7 +114,7 @@ def probes(annotated, reps: dict, seeds) -> pd.DataFrame:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="?", default="results", help="results dir of a demo run")
-    ap.add_argument("--recipes", nargs="+", default=["old", "center", "new"], choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=["vicreg", "new"], choices=list(RECIPES))
     ap.add_argument("--extra", default="{}", help="JSON foundation params applied to every recipe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe split seeds")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -149,7 +152,7 @@ def main(argv=None):
                             dim=int(emb.shape[1]), params={k: v for k, v in params.to_dict().items()
                                                            if k in ("pool", "max_steps", "warmup_steps",
                                                                     "batch_size", "lr", "recon_weight",
-                                                                    "objective")},
+                                                                    "objective", "encoder")},
                             augment=aug)
         print(f"[{name}] {json.dumps(timing[name])}", flush=True)
     table = pd.concat(out)

@@ -38,18 +38,29 @@ def blob_crops(n, C=2, S=16, seed=0):
     return out.astype(np.float16), r
 
 
-def write_bank(path, arr):
+def write_bank(path, arr, radius=None):
+    """Save a crop bank; with ``radius``, also its nuclei table (the ``features`` objective's
+    targets: label-free properties of each blob) as ``nuclei.parquet`` beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
+    if radius is not None:
+        write_table(path.with_name("nuclei.parquet"), arr, radius)
+    return str(path)
+
+
+def write_table(path, crops, radius):
+    n = len(crops)
+    pd.DataFrame({"crop_index": np.arange(n), "morph_radius": radius,
+                  "morph_dna_integrated": crops[:, 0].astype(np.float64).sum(axis=(1, 2))}).to_parquet(path)
     return str(path)
 
 
 @pytest.fixture
 def banks(tmp_path):
-    a, _ = blob_crops(40, seed=1)
-    b, _ = blob_crops(24, seed=2)
-    return [write_bank(tmp_path / "s1" / "crops.npy", a), write_bank(tmp_path / "s2" / "crops.npy", b)]
+    a, ra = blob_crops(40, seed=1)
+    b, rb = blob_crops(24, seed=2)
+    return [write_bank(tmp_path / "s1" / "crops.npy", a, ra), write_bank(tmp_path / "s2" / "crops.npy", b, rb)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,7 +97,7 @@ def test_model_shapes(preset, objective):
         assert m.decode(z).shape == x.shape
         if preset == "tiny":
             m.train()
-            loss, parts = m(x, x.flip(-1))
+            loss, parts = m(x, x.flip(-1), targets=torch.zeros(2, m.n_features))
             assert loss.ndim == 0 and torch.isfinite(loss) and "recon" in parts
 
 
@@ -98,6 +109,24 @@ def test_patchify_round_trip_and_bad_patch_size():
     assert torch.equal(m.unpatchify(t), x)
     with pytest.raises(CosmicInputError, match="patch_size"):
         fm.build_model(fm.FoundationParams(**TINY), 2, 18)
+    with pytest.raises(CosmicInputError, match="power of 2"):
+        fm.FoundationParams(**dict(TINY, patch_size=6), encoder="cnn")
+    with pytest.raises(CosmicInputError, match="needs encoder 'vit'"):
+        fm.FoundationParams(objective="mae", encoder="cnn")
+    assert fm.FoundationParams(objective="mae").encoder == "vit"  # the tiny preset's MAE keeps its ViT
+
+
+def test_cnn_encoder_gives_one_token_per_patch_block():
+    m = fm.build_model(fm.FoundationParams(**TINY, encoder="cnn"), 2, 16).eval()
+    x = torch.rand(3, 2, 16, 16)
+    with torch.no_grad():
+        t = m.encode_tokens(x)
+        assert t.shape == (3, 16, TINY["embed_dim"]) and (t >= 0).all()  # 4 x 4 grid, after ReLU
+        # a change confined to the top-left corner leaves the far corner's token unchanged
+        y = x.clone()
+        y[:, :, :2, :2] += 5
+        assert not torch.allclose(m.encode_tokens(y)[:, 0], t[:, 0])
+        assert torch.allclose(m.encode_tokens(y)[:, -1], t[:, -1])
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -178,6 +207,65 @@ def test_dataset_rejects_mismatched_banks(tmp_path, banks):
         fm.CropBankDataset(banks + [other])
 
 
+def test_feature_targets_are_standardised_in_crop_bank_order(tmp_path):
+    crops = np.zeros((5, 2, 8, 8), np.float16)
+    bank = write_bank(tmp_path / "s" / "crops.npy", crops)
+    table = pd.DataFrame({"crop_index": [4, 0, 1, 2, 3], "label": range(5),
+                          "morph_area": [50.0, 10.0, 20.0, 30.0, np.nan],  # crop 0 has area 10
+                          "morph_constant": 7.0, "morph_outlier": [1e6, 0, 0, 0, 0], "not_a_feature": 1.0})
+    table.to_parquet(tmp_path / "s" / "nuclei.parquet")
+    info = fm.write_feature_targets([tmp_path / "s" / "nuclei.parquet"], [bank], tmp_path / "t.npy", clip=1.5)
+    assert info["columns"] == ["morph_area", "morph_constant", "morph_outlier"]
+    t = np.load(tmp_path / "t.npy")
+    assert t.dtype == np.float32 and t.shape == (5, 3)
+    area = np.array([10.0, 20.0, 30.0, np.nan, 50.0])  # rows sorted by crop_index
+    z = (area - np.nanmean(area)) / np.nanstd(area)
+    np.testing.assert_allclose(t[:, 0], np.nan_to_num(np.clip(z, -1.5, 1.5)), rtol=1e-5)
+    assert t[3, 0] == 0  # missing -> the mean
+    assert np.all(t[:, 1] == 0)  # a constant column carries nothing
+    assert t[:, 2].max() == pytest.approx(1.5)  # outliers clipped
+    assert info["mean"][0] == pytest.approx(27.5)
+
+
+def test_feature_targets_bad_tables_are_clear_errors(tmp_path):
+    crops = np.zeros((3, 1, 8, 8), np.float16)
+    a = write_bank(tmp_path / "a" / "crops.npy", crops)
+    b = write_bank(tmp_path / "b" / "crops.npy", crops)
+    with pytest.raises(CosmicInputError, match=r"a/nuclei.parquet'.*not found.*nuclei step"):
+        fm.write_feature_targets([tmp_path / "a" / "nuclei.parquet"], [a], tmp_path / "t.npy")
+    pd.DataFrame({"morph_area": [1.0, 2.0]}).to_parquet(tmp_path / "a" / "nuclei.parquet")
+    with pytest.raises(CosmicInputError, match="2 nuclei, but its crop bank .* holds 3 crops"):
+        fm.write_feature_targets([tmp_path / "a" / "nuclei.parquet"], [a], tmp_path / "t.npy")
+    pd.DataFrame({"morph_area": [1.0, 2.0, 3.0]}).to_parquet(tmp_path / "a" / "nuclei.parquet")
+    pd.DataFrame({"morph_perimeter": [1.0, 2.0, 3.0]}).to_parquet(tmp_path / "b" / "nuclei.parquet")
+    with pytest.raises(CosmicInputError, match="missing: morph_area; extra: morph_perimeter"):
+        fm.write_feature_targets([tmp_path / "a" / "nuclei.parquet", tmp_path / "b" / "nuclei.parquet"], [a, b],
+                                 tmp_path / "t.npy")
+    with pytest.raises(CosmicInputError, match="1 nuclei tables for 2 crop banks"):
+        fm.write_feature_targets([tmp_path / "a" / "nuclei.parquet"], [a, b], tmp_path / "t.npy")
+    # training without tables beside the banks says what is missing and how to proceed
+    lone = write_bank(tmp_path / "c" / "crops.npy", crops)
+    with pytest.raises(CosmicInputError, match="objective to vicreg or mae"):
+        fm.train([lone], tmp_path / "out", TINY, progress=False)
+    assert not (tmp_path / "t.npy").exists()  # failed writes leave nothing behind
+
+
+def test_features_objective_learns_the_region_properties(tmp_path):
+    crops, radius = blob_crops(256, seed=5)
+    bank = write_bank(tmp_path / "c.npy", crops, radius)
+    fm.train([bank], tmp_path / "out", dict(TINY, max_steps=80, checkpoint_every=100), progress=False)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["feature_targets"]["columns"] == ["morph_radius", "morph_dna_integrated"]
+    m = fm.load_model(tmp_path / "out" / "model.pt", device="cpu")
+    assert m.n_features == 2
+    x = torch.from_numpy(crops.astype(np.float32))
+    with torch.no_grad():
+        pred = m.feature_head(m.embed(x)).numpy()
+    target = np.load(tmp_path / "out" / "feature_targets.npy")
+    r2 = 1 - ((pred - target) ** 2).mean(0) / target.var(0)
+    assert (r2 > 0.8).all(), r2  # the blob radius and brightness are read from the embedding
+
+
 def test_step_sampler_is_a_function_of_step_and_shards_by_rank():
     s = fm.StepBatchSampler(50, 8, seed=3, start_step=0, end_step=20)
     batches = list(s)
@@ -204,8 +292,8 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("objective", fm.OBJECTIVES)
 def test_training_loss_decreases(tmp_path, objective):
-    crops, _ = blob_crops(256, seed=5)
-    bank = write_bank(tmp_path / "c.npy", crops)
+    crops, radius = blob_crops(256, seed=5)
+    bank = write_bank(tmp_path / "c.npy", crops, radius)
     params = dict(TINY, objective=objective, max_steps=60, checkpoint_every=100)
     summary = fm.train([bank], tmp_path / "out", params, progress=False)
     log = pd.read_csv(tmp_path / "out" / "train_log.tsv", sep="\t")
@@ -311,13 +399,13 @@ def test_random_encoder_embeddings_follow_the_seed(banks):
 
 
 def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path):
-    made_then = fm.build_model(fm.FoundationParams(**TINY, pool="mean"), 2, 16)
+    made_then = fm.build_model(fm.FoundationParams(**TINY, pool="mean", objective="vicreg", encoder="vit"), 2, 16)
     params = made_then.params.to_dict()
-    del params["pool"]
+    del params["pool"], params["encoder"]  # neither option existed then: mean pooling of a ViT
     torch.save({"format": fm.FORMAT, "params": params, "input_shape": [2, 16],
                 "state_dict": made_then.state_dict()}, tmp_path / "old.pt")
     old = fm.load_model(tmp_path / "old.pt", device="cpu")
-    assert old.params.pool == "mean"
+    assert old.params.pool == "mean" and old.params.encoder == "vit"
     with torch.no_grad():
         x = torch.rand(2, 2, 16, 16)
         assert torch.allclose(old.embed(x), old.encode_tokens(x).mean(dim=1), atol=1e-6)
@@ -325,7 +413,7 @@ def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path):
 
 def test_cli_embed(tmp_path, trained, banks):
     torch.save({"format": fm.FORMAT, "params": trained.params.to_dict(), "input_shape": [2, 16],
-                "state_dict": trained.state_dict()}, tmp_path / "model.pt")
+                "n_features": trained.n_features, "state_dict": trained.state_dict()}, tmp_path / "model.pt")
     out = tmp_path / "emb.npy"
     assert fm.main(["embed", "--model", str(tmp_path / "model.pt"), "--crops", banks[1], "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), fm.embed_crops(trained, banks[1]), rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ if n_gpus > 1:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), env.get("PYTHONPATH")) if p)
     command = ["torchrun", "--standalone", f"--nproc_per_node={n_gpus}", "-m", "cosmic.foundation", "train",
-               "--crops", *snakemake.input.crops, "--outdir", str(outdir), "--config", fh.name]
+               "--crops", *snakemake.input.crops, "--tables", *snakemake.input.tables, "--outdir", str(outdir), "--config", fh.name]
     print("+", " ".join(command), file=sys.stderr, flush=True)
     subprocess.run(command, check=True, env=env, stderr=sys.stderr, stdout=sys.stderr)
 else:
@@ -28,5 +28,6 @@ else:
     from cosmic.foundation import train
 
     torch.set_num_threads(max(1, snakemake.threads))
-    summary = train(list(snakemake.input.crops), outdir, snakemake.params.foundation, resume=True)
+    summary = train(list(snakemake.input.crops), outdir, snakemake.params.foundation, resume=True,
+                    feature_tables=list(snakemake.input.tables))
     print(summary, file=sys.stderr)

@@ -90,6 +90,8 @@ __all__ = [
     "DEFAULT_OBJECTIVE",
     "FoundationModel",
     "CropBankDataset",
+    "CropsWithTargets",
+    "write_feature_targets",
     "StepBatchSampler",
     "augment",
     "train",
@@ -105,27 +107,31 @@ __all__ = [
 ]
 
 FORMAT = "cosmic-foundation/1"
-OBJECTIVES = ("mae", "vicreg")
+OBJECTIVES = ("features", "vicreg", "mae")
+ENCODERS = ("cnn", "vit")
 POOLS = ("center_stats", "center", "mean")
-DEFAULT_OBJECTIVE = "vicreg"
+DEFAULT_OBJECTIVE = "features"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Architecture and optimisation defaults per preset. ``tiny`` trains on ~2,000 crops of
-# 64 x 64 x 2 in under a minute on 2 CPU cores; ``small`` (ViT-S width) and ``base`` (ViT-B)
+# 64 x 64 x 2 in a few minutes on 2 CPU cores; ``small`` (ViT-S width) and ``base`` (ViT-B)
 # are meant for GPUs.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96, decoder_depth=1,
+    "tiny": dict(encoder="cnn", embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96, decoder_depth=1,
                  batch_size=64, max_steps=250, lr=2e-3, warmup_steps=25, checkpoint_every=50),
-    "small": dict(embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256, decoder_depth=2,
+    "small": dict(encoder="vit", embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256, decoder_depth=2,
                   batch_size=512, max_steps=50_000, lr=1e-3, warmup_steps=2_000, checkpoint_every=1_000),
-    "base": dict(embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512, decoder_depth=4,
+    "base": dict(encoder="vit", embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512, decoder_depth=4,
                  batch_size=512, max_steps=100_000, lr=6e-4, warmup_steps=5_000, checkpoint_every=1_000),
 }
-# Per-objective overrides of a preset (VICReg encodes two full views per crop, ~3.5x the cost
-# of a MAE step, so the CPU preset takes fewer steps for the same time budget; 150 VICReg
-# steps of 64 crops are ~2 minutes on 2 laptop cores).
-PRESET_OBJECTIVE = {"tiny": {"vicreg": dict(max_steps=150, warmup_steps=15, lr=5e-3)}}
+# Per-objective overrides of a preset. On the CPU preset: the feature-prediction objective
+# trains the small CNN for 600 steps of 64 crops (~3 minutes on 2 laptop cores); VICReg
+# encodes two full views per crop (~3.5x the cost of a MAE step), so it takes fewer steps; both
+# ViT objectives keep the ViT they were measured with (MAE needs patch tokens to mask).
+PRESET_OBJECTIVE = {"tiny": {"features": dict(max_steps=600, warmup_steps=60),
+                             "vicreg": dict(encoder="vit", max_steps=150, warmup_steps=15, lr=5e-3),
+                             "mae": dict(encoder="vit")}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,6 +146,7 @@ class FoundationParams:
 
     preset: str = "tiny"
     objective: str = DEFAULT_OBJECTIVE
+    encoder: str | None = None
     embed_dim: int | None = None
     depth: int | None = None
     heads: int | None = None
@@ -174,6 +181,13 @@ class FoundationParams:
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+        if self.encoder not in ENCODERS:
+            raise CosmicInputError(
+                f"foundation parameter encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.objective == "mae" and self.encoder != "vit":
+            raise CosmicInputError(
+                "foundation: objective 'mae' hides patch tokens, which needs encoder 'vit'; "
+                f"set foundation.encoder to vit or choose another objective (got encoder {self.encoder!r})")
         if self.amp not in AMP_MODES:
             raise CosmicInputError(f"foundation parameter amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.device not in DEVICES:
@@ -189,6 +203,11 @@ class FoundationParams:
         if self.num_workers is not None:
             _int("num_workers", self.num_workers, minimum=0)
             self.num_workers = int(self.num_workers)
+        p = self.patch_size
+        if self.encoder == "cnn" and (p < 2 or p & (p - 1)):
+            raise CosmicInputError(
+                f"foundation parameter patch_size must be a power of 2 (>= 2) for encoder 'cnn' (the CNN "
+                f"halves the resolution log2(patch_size) times), got {p}")
         if self.embed_dim % self.heads:
             raise CosmicInputError(
                 f"foundation parameter embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
@@ -291,6 +310,30 @@ def _pool_weights(pool: str, grid: int) -> torch.Tensor:
     return w / w.sum()
 
 
+class ConvEncoder(nn.Module):
+    """Small CNN encoder: 3 x 3 conv-BatchNorm-ReLU stages, each followed by a 2 x 2 max-pool,
+    until one position per ``patch_size`` x ``patch_size`` block of the crop, then a conv to
+    ``dim`` channels. Returns the same B x T x D token grid as the ViT, so pooling, the image
+    head and the objectives are shared. Convolutions see the chromatin texture at the pixel
+    scale, which an 8 px ViT patch embedding (one linear map per patch) does not."""
+
+    def __init__(self, channels: int, dim: int, patch_size: int):
+        super().__init__()
+        n_pool = int(round(math.log2(patch_size)))
+        widths = [max(16, dim // 4)] + [max(16, dim // 2)] * (n_pool - 1)
+        layers: list[nn.Module] = []
+        c = channels
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        layers += [nn.Conv2d(c, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).flatten(2).transpose(1, 2)
+
+
 def _dec_heads(dim: int) -> int:
     for h in (8, 4, 2, 1):
         if dim % h == 0 and dim // h >= 16:
@@ -299,15 +342,16 @@ def _dec_heads(dim: int) -> int:
 
 
 class FoundationModel(nn.Module):
-    """ViT encoder (crop -> embedding) + image head (embedding -> crop) + objective heads.
+    """Encoder (ViT or CNN; crop -> embedding) + image head (embedding -> crop) + objective heads.
 
     ``embed(x)``: B x C x S x S -> B x E, read out from the encoder's output tokens by ``pool``
     (E = ``embedding_dim``: 2 x embed_dim for ``center_stats``, embed_dim otherwise).
     ``decode(z)``: B x E -> B x C x S x S.
-    ``forward(x1, x2=None, noise=None)``: training loss (scalar) and a dict of its parts.
+    ``forward(x1, x2=None, noise=None, targets=None)``: training loss (scalar) and a dict of its
+    parts (``targets``: B x ``n_features`` standardised region properties, objective ``features``).
     """
 
-    def __init__(self, params: FoundationParams, channels: int, crop_size: int):
+    def __init__(self, params: FoundationParams, channels: int, crop_size: int, n_features: int = 1):
         super().__init__()
         p = params.patch_size
         if crop_size % p:
@@ -323,21 +367,31 @@ class FoundationModel(nn.Module):
         self.embedding_dim = 2 * D if params.pool == "center_stats" else D
         E = self.embedding_dim
         patch_pixels = channels * p * p
-        self.patch_embed = nn.Linear(patch_pixels, D)
-        self.pos = nn.Parameter(torch.zeros(1, self.n_patches, D))
+        self.n_features = int(n_features)
+        if params.encoder == "cnn":
+            self.cnn = ConvEncoder(channels, D, p)
+        else:
+            self.patch_embed = nn.Linear(patch_pixels, D)
+            self.pos = nn.Parameter(torch.zeros(1, self.n_patches, D))
         self.register_buffer("pool_weights", _pool_weights(params.pool, self.grid), persistent=False)
-        self.blocks = nn.ModuleList(Block(D, params.heads) for _ in range(params.depth))
-        self.norm = nn.LayerNorm(D)
+        if params.encoder == "vit":
+            self.blocks = nn.ModuleList(Block(D, params.heads) for _ in range(params.depth))
+            self.norm = nn.LayerNorm(D)
         # embedding -> image: one token per patch position, seeded by the embedding
         self.image_head = TokenDecoder(E, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
         if params.objective == "mae":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
             self.mae_decoder = TokenDecoder(D, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
             nn.init.trunc_normal_(self.mask_token, std=0.02)
-        else:
+        elif params.objective == "vicreg":
             h = 4 * D
             self.projector = nn.Sequential(nn.Linear(E, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, h))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        else:
+            if self.n_features < 1:
+                raise CosmicInputError("foundation: objective 'features' needs at least one region-property column")
+            self.feature_head = nn.Linear(E, self.n_features)
+        if params.encoder == "vit":
+            nn.init.trunc_normal_(self.pos, std=0.02)
         self.apply(self._init)
 
     @staticmethod
@@ -363,6 +417,8 @@ class FoundationModel(nn.Module):
 
     # -- encoder / decoder
     def encode_tokens(self, x, keep=None):
+        if self.params.encoder == "cnn":
+            return self.cnn(x)  # keep (token masking) is MAE-only, which needs the ViT
         t = self.patch_embed(self.patchify(x)) + self.pos
         if keep is not None:
             t = torch.gather(t, 1, keep.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
@@ -400,10 +456,22 @@ class FoundationModel(nn.Module):
     def _recon_loss(pred, target):
         return F.mse_loss(pred.float(), target.float()) / target.float().var().clamp_min(1e-6).detach()
 
-    def forward(self, x1, x2=None, noise=None):
+    def forward(self, x1, x2=None, noise=None, targets=None):
         if self.params.objective == "mae":
             return self._mae(x1, noise)
-        return self._vicreg(x1, x2)
+        if self.params.objective == "vicreg":
+            return self._vicreg(x1, x2)
+        return self._features(x1, targets)
+
+    def _features(self, x, targets):
+        """Predict the nucleus's own (standardised, label-free) region properties from its
+        embedding through a linear head, so that what they measure must be linearly readable
+        from the embedding; the encoder is free to carry more."""
+        z = self.embed(x)
+        feat = F.mse_loss(self.feature_head(z).float(), targets.float())
+        rec = self._recon_loss(self.decode(z), x)
+        loss = feat + self.params.recon_weight * rec
+        return loss, {"features": feat.detach(), "recon": rec.detach()}
 
     def _mae(self, x, noise):
         B, N = x.shape[0], self.n_patches
@@ -624,6 +692,109 @@ class CropBankDataset(torch.utils.data.Dataset):
         return torch.from_numpy(out)
 
 
+# ---------------------------------------------------------------------------------------
+# region-property targets of the ``features`` objective
+def _feature_table(path, n_crops: int, bank, columns=None):
+    """The morphology feature columns of one sample's nuclei table, rows in crop-bank order."""
+    import pandas as pd
+
+    from .nuclei import feature_columns
+
+    try:
+        table = pd.read_parquet(path)
+    except FileNotFoundError as exc:
+        raise CosmicInputError(
+            f"file '{path}': nuclei table not found; objective 'features' predicts each nucleus's region "
+            "properties from the nuclei.parquet written beside its crops.npy (run the nuclei step), or set "
+            "foundation.objective to vicreg or mae") from exc
+    except Exception as exc:
+        raise CosmicInputError(f"file '{path}': unreadable nuclei table ({exc}); delete it and re-run the nuclei step") from exc
+    if len(table) != n_crops:
+        raise CosmicInputError(
+            f"file '{path}': {len(table)} nuclei, but its crop bank '{bank}' holds {n_crops} crops; "
+            "re-run the nuclei step for this sample so both come from the same segmentation")
+    if "crop_index" in table.columns:
+        table = table.sort_values("crop_index", kind="stable")
+        if not np.array_equal(table["crop_index"].to_numpy(), np.arange(n_crops)):
+            raise CosmicInputError(f"file '{path}': crop_index is not 0..{n_crops - 1}; re-run the nuclei step")
+    cols = feature_columns(table)
+    if columns is not None and cols != columns:
+        missing, extra = sorted(set(columns) - set(cols)), sorted(set(cols) - set(columns))
+        raise CosmicInputError(
+            f"file '{path}': its region-property columns differ from the other samples' (missing: "
+            f"{', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}); all samples need the "
+            "same nuclei feature settings")
+    values = table[cols].to_numpy(dtype=np.float64)
+    values[~np.isfinite(values)] = np.nan
+    return cols, values
+
+
+def write_feature_targets(table_paths: Sequence, crop_paths: Sequence, out_path, clip: float = 5.0) -> dict:
+    """Standardise the region properties of every crop of the corpus (``morph_*`` columns of each
+    sample's nuclei table, rows in crop-bank order) and write them as one float32 N x F ``.npy``
+    (atomically) that training memory-maps. Columns are z-scored over the whole corpus and
+    clipped to +-``clip``; missing values become 0 (the mean). Tables are read one at a time, so
+    memory holds one sample's table. Returns the columns and their mean and SD."""
+    table_paths, crop_paths = [str(p) for p in table_paths], [str(p) for p in crop_paths]
+    if len(table_paths) != len(crop_paths):
+        raise CosmicInputError(
+            f"foundation: {len(table_paths)} nuclei tables for {len(crop_paths)} crop banks; objective "
+            "'features' needs each sample's nuclei.parquet, in the order of its crops.npy")
+    sizes = [int(_open_bank(c).shape[0]) for c in crop_paths]
+    columns, total, total_sq, count = None, None, None, None
+    for path, n, bank in zip(table_paths, sizes, crop_paths):
+        columns, v = _feature_table(path, n, bank, columns)
+        if total is None:
+            total, total_sq, count = (np.zeros(len(columns)) for _ in range(3))
+        ok = np.isfinite(v)
+        total += np.where(ok, v, 0).sum(0)
+        total_sq += np.where(ok, v * v, 0).sum(0)
+        count += ok.sum(0)
+    if not columns:
+        raise CosmicInputError(
+            f"file '{table_paths[0]}': no region-property (morph_*) columns to predict; objective 'features' "
+            "needs them (nuclei step), or set foundation.objective to vicreg or mae")
+    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    var = np.divide(total_sq, count, out=np.zeros_like(total), where=count > 0) - mean ** 2
+    sd = np.sqrt(np.clip(var, 0, None))
+    sd[sd <= 1e-12 * (1 + np.abs(mean))] = 1.0  # constant column: all zeros after centring
+    with atomic_path(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(sum(sizes), len(columns)))
+        start = 0
+        for path, n, bank in zip(table_paths, sizes, crop_paths):
+            _, v = _feature_table(path, n, bank, columns)
+            z = np.clip((v - mean) / sd, -clip, clip)
+            out[start:start + n] = np.nan_to_num(z, nan=0.0)
+            start += n
+        out.flush()
+        del out
+    return {"columns": columns, "mean": mean.tolist(), "sd": sd.tolist(), "path": str(out_path)}
+
+
+class CropsWithTargets(torch.utils.data.Dataset):
+    """A :class:`CropBankDataset` paired with a memory-mapped N x F target array in corpus order;
+    a batch is ``(crops, targets)``."""
+
+    def __init__(self, crops: CropBankDataset, targets_path):
+        self.crops, self.targets_path = crops, str(targets_path)
+        self._targets = None
+        n = np.load(self.targets_path, mmap_mode="r").shape[0]
+        if n != len(crops):
+            raise CosmicInputError(f"file '{targets_path}': {n} target rows for {len(crops)} crops; delete it")
+
+    def __len__(self):
+        return len(self.crops)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_targets": None}
+
+    def __getitems__(self, indices):
+        if self._targets is None:
+            self._targets = np.load(self.targets_path, mmap_mode="r")
+        idx = np.asarray(indices, dtype=np.int64)
+        return self.crops.__getitems__(idx), torch.from_numpy(np.asarray(self._targets[idx], dtype=np.float32))
+
+
 def _identity(x):
     return x
 
@@ -765,23 +936,29 @@ def _seed_all(seed):
     torch.manual_seed(seed)
 
 
-_ARCH_KEYS = ("objective", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
+_ARCH_KEYS = ("objective", "encoder", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
 # value of a parameter in checkpoints written before it existed
-_LEGACY = {"pool": "mean"}
+_LEGACY = {"pool": "mean", "encoder": "vit"}
 
 
-def build_model(params: FoundationParams, channels: int, crop_size: int) -> FoundationModel:
-    """A freshly initialised model; the initial weights depend only on ``params.seed``."""
+def build_model(params: FoundationParams, channels: int, crop_size: int, n_features: int = 1) -> FoundationModel:
+    """A freshly initialised model; the initial weights depend only on ``params.seed`` (the
+    encoder's also not on ``n_features``: objective heads are initialised after it)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mix(params.seed, 1))
-        return FoundationModel(params, channels, crop_size)
+        return FoundationModel(params, channels, crop_size, n_features)
 
 
 # ---------------------------------------------------------------------------------------
 # training
 def train(crop_paths: Sequence, outdir, params: FoundationParams | Mapping | None = None,
-          resume: bool = True, progress: bool = True, stop_after: int | None = None) -> dict:
+          resume: bool = True, progress: bool = True, stop_after: int | None = None,
+          feature_tables: Sequence | None = None) -> dict:
     """Pretrain on all crops of ``crop_paths`` (one unpaired corpus); return a summary.
+
+    Objective ``features`` also reads each bank's nuclei table (``feature_tables``, in the
+    order of ``crop_paths``; by default the ``nuclei.parquet`` beside each ``crops.npy``) and
+    writes their standardised region properties to ``outdir/feature_targets.npy``.
 
     Writes ``outdir/train_log.tsv`` (step, loss, parts, lr, crops/s), ``outdir/last.pt`` every
     ``checkpoint_every`` steps (model, optimizer, scheduler, grad scaler, step, RNG states;
@@ -821,35 +998,49 @@ def train(crop_paths: Sequence, outdir, params: FoundationParams | Mapping | Non
         torch.distributed.init_process_group(backend=backend)
         own_pg = True
     is_main = rank == 0
+    if params.objective == "features" and feature_tables is None:
+        feature_tables = [str(Path(p).with_name("nuclei.parquet")) for p in crop_paths]
     try:
         return _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
-                      resume, progress, stop_after)
+                      resume, progress, stop_after, feature_tables)
     finally:
         if own_pg:
             torch.distributed.destroy_process_group()
 
 
-def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main, resume, progress, stop_after):
+def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main, resume, progress, stop_after,
+           feature_tables):
     from tqdm.auto import tqdm
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    outdir.mkdir(parents=True, exist_ok=True)
+    n_features, targets = 1, None
+    if params.objective == "features":
+        targets_path = outdir / "feature_targets.npy"
+        if is_main:
+            targets = write_feature_targets(feature_tables, crop_paths, targets_path)
+        if world > 1:
+            torch.distributed.barrier()
+        data = CropsWithTargets(data, targets_path)
+        n_features = int(np.load(targets_path, mmap_mode="r").shape[1])
     _seed_all(_mix(params.seed, rank))
-    model = build_model(params, C, S).to(device)
+    model = build_model(params, C, S, n_features).to(device)
     opt = torch.optim.AdamW(_param_groups(model, params.weight_decay), lr=params.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(params.warmup_steps, params.max_steps))
     amp_dtype = _amp_dtype(params.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    outdir.mkdir(parents=True, exist_ok=True)
     last, log_path = outdir / "last.pt", outdir / "train_log.tsv"
     step = 0
     if resume and last.exists():
         ck = torch.load(last, map_location=device, weights_only=False)
         old = ck.get("params", {})
         diff = [k for k in _ARCH_KEYS if old.get(k, _LEGACY.get(k)) != getattr(params, k)]
+        if ck.get("n_features", 1) != n_features:
+            diff.append("number of region-property targets")
         if diff or tuple(ck.get("input_shape", ())) != (C, S):
             raise CosmicInputError(
                 f"file '{last}': checkpoint was made with another architecture or crop shape "
@@ -898,7 +1089,7 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
         if is_main:
             _save_torch({
                 "format": FORMAT, "step": step, "params": params.to_dict(), "input_shape": [C, S],
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "n_features": n_features, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": dict(enumerate(rng_states)), "world_size": world,
             }, last)
@@ -915,18 +1106,23 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
     last_loss = float("nan")
     try:
         for batch in loader:
+            batch, t = batch if isinstance(batch, tuple) else (batch, None)
             x = batch.to(device, non_blocking=True)
+            if t is not None:
+                t = t.to(device, non_blocking=True)
             g = torch.Generator(device=device)
             g.manual_seed(_mix(params.seed, step, rank, 3))
             with torch.no_grad():
+                noise = None
                 if params.objective == "mae":
                     views = (augment(x, g, **AUGMENT),)
                     noise = torch.rand(x.shape[0], model.n_patches, generator=g, device=device)
+                elif params.objective == "features":  # region properties are invariant to AUGMENT
+                    views = (augment(x, g, **AUGMENT),)
                 else:
                     views = (augment(x, g, **AUGMENT), augment(x, g, **AUGMENT))
-                    noise = None
             with _autocast(device, amp_dtype):
-                loss, parts = train_model(*views, noise=noise)
+                loss, parts = train_model(*views, noise=noise, targets=t)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -977,8 +1173,10 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
         torch.distributed.barrier()
     if is_main:
         _save_torch({"format": FORMAT, "params": params.to_dict(), "input_shape": [C, S],
-                     "state_dict": model.state_dict(), "step": step}, outdir / "model.pt")
+                     "n_features": n_features, "state_dict": model.state_dict(), "step": step}, outdir / "model.pt")
         cfg = {"params": params.to_dict(), "input_shape": [C, S], "crops": crop_paths,
+               "feature_tables": list(feature_tables) if params.objective == "features" else None,
+               "feature_targets": targets,
                "n_crops": len(data), "world_size": world, "device": str(device),
                "amp_dtype": str(amp_dtype) if amp_dtype else None, "summary": summary}
         write_json(outdir / "config.json", cfg)
@@ -1011,7 +1209,7 @@ def load_model(path, device=None) -> FoundationModel:
         raise CosmicInputError(f"file '{path}': not a COSMIC foundation model; re-run the pretrain step")
     params = FoundationParams.from_config({**_LEGACY, **ck["params"]})
     C, S = ck["input_shape"]
-    model = FoundationModel(params, C, S)
+    model = FoundationModel(params, C, S, int(ck.get("n_features", 1)))
     model.load_state_dict(ck.get("state_dict") or ck["model"])
     model.input_shape = (C, S)
     return model.to(_resolve_device(device)).eval()
@@ -1221,6 +1419,8 @@ def main(argv=None):
     t = sub.add_parser("train", help="pretrain on crop banks (run under torchrun for several GPUs)")
     t.add_argument("--crops", nargs="+", required=True, help="crops.npy of every sample")
     t.add_argument("--outdir", required=True)
+    t.add_argument("--tables", nargs="+", help="nuclei.parquet of every sample, in --crops order (objective "
+                   "'features'; default: the nuclei.parquet beside each crops.npy)")
     t.add_argument("--config", help="JSON file holding the foundation: block (a mapping of FoundationParams keys)")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
     t.add_argument("--no-progress", action="store_true")
@@ -1238,7 +1438,7 @@ def main(argv=None):
             if isinstance(cfg, dict) and "foundation" in cfg and isinstance(cfg["foundation"], dict):
                 cfg = cfg["foundation"]
         summary = train(a.crops, a.outdir, FoundationParams.from_config(cfg), resume=not a.no_resume,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, feature_tables=a.tables)
         if _dist_info()[1] == 0:
             print(json.dumps(summary))
     else:
