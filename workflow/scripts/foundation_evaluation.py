@@ -25,7 +25,8 @@ representations = {
         list(snakemake.input.crops), snakemake.params.foundation
     ),
 }
-probes = truth.probe_representations(annotated, representations, seed=snakemake.params.seed)
+# Mean of 3 random splits: one 30 % split of ~2,000 nuclei has a standard error of ~0.02.
+probes = truth.probe_representations(annotated, representations, seed=snakemake.params.seed, n_splits=3)
 write_table(probes, snakemake.output.probes)
 print(probes.to_string(), file=sys.stderr)
 

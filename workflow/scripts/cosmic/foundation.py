@@ -1,49 +1,44 @@
-"""Nuclei foundation model: self-supervised ViT encoder (crop -> embedding) and decoder
+"""Nuclei foundation model: self-supervised encoder (crop -> embedding) and decoder
 (embedding -> crop), trained on the unpaired corpus of all single-nucleus crops.
 
-Two objectives share one encoder and one image decoder:
+Encoders (``encoder``): a small CNN (``cnn``: 3 x 3 conv stages, one output position per
+``patch_size`` block; the ``tiny`` CPU preset) or a ViT (``vit``: ``patch_size`` patches; the
+``small``/``base`` GPU presets). Both give a grid of output tokens. Three objectives share the
+encoder and one image decoder:
 
-``mae``
-    masked autoencoding: crops are cut into ``patch_size`` patches, a random ``mask_ratio``
-    of them is hidden, the encoder sees the visible patches only and a light transformer
-    decoder reconstructs the hidden ones (MSE on hidden patches).
+``features`` (default)
+    feature prediction: a linear head on the embedding predicts the nucleus's own region
+    properties (the ``morph_*`` columns of its ``nuclei.parquet``: size, shape, DNA intensity
+    and GLCM texture, measured from the image and its segmentation, no labels), z-scored over
+    the corpus; MSE. Handcrafted targets for self-supervision, as MaskFeat predicts HOG.
 ``vicreg``
-    augmentation invariance: two augmented views of each crop, encoder on all patches,
-    VICReg loss (invariance + variance + covariance) on a projector MLP of the embeddings.
+    augmentation invariance: two augmented views of each crop, VICReg loss (invariance +
+    variance + covariance) on a projector MLP of the embeddings.
+``mae``
+    masked autoencoding (ViT only): a random ``mask_ratio`` of the patches is hidden, the
+    encoder sees the visible ones and a light transformer decoder reconstructs the hidden ones.
 
 The embedding is read out from the encoder's output tokens (``pool``): by default the mean
 and the SD of the tokens of the crop's central window (``center_stats``, statistics pooling;
 crops are centred on the nucleus and include its neighbours), the mean alone (``center``), or
 the mean of all tokens (``mean``, models made before ``pool`` existed).
 
-Both add an *image head* trained with a reconstruction loss from the pooled embedding alone,
-so that :func:`decode_embeddings` renders any embedding (including embeddings generated
-from RNA downstream) as a nucleus crop. Reconstruction losses are divided by the variance of
-the target pixels in the batch (scale-free, ~1 for a constant predictor).
+Every objective adds an *image head* trained with a reconstruction loss from the pooled
+embedding alone, so that :func:`decode_embeddings` renders any embedding (including embeddings
+generated from RNA downstream) as a nucleus crop. Reconstruction losses are divided by the
+variance of the target pixels in the batch (scale-free, ~1 for a constant predictor).
 
-The default objective (``DEFAULT_OBJECTIVE = "vicreg"``) was chosen by held-out linear-probe
-accuracy on the demo dataset (2 x 1,000 cells, default generator; 2,230 segmented nuclei,
-tiny preset, equal compute: 250 MAE steps vs 55 VICReg steps of 64 crops, ~90 s on one
-core each; mean of 3 splits): VICReg 0.651 / 0.656 / 0.628 vs MAE 0.614 / 0.632 / 0.636
-for cell type / phase / treatment (random-init encoder 0.572 / 0.620 / 0.627; region-property
-``morph_*`` features 0.790 / 0.725 / 0.715). Both are undertrained at this budget.
-
-The current tiny VICReg recipe (issue #5; ``benchmarks/foundation_probes.py`` compares it with
-the old one on a demo run) differs from the old in three measured ways: the central-window
-readout (``pool="center"``: a median demo nucleus covers ~15% of a 64 px crop, so the mean over
-all tokens mostly describes background and neighbours; alone worth ~+0.03 to +0.10 on cell type
-even at random init), nuclei-preserving augmentations (:data:`AUGMENT`: dihedral group and
-whole-pixel shifts, no scale or intensity jitter, which erased nuclear size and DNA content),
-and a longer, hotter schedule (150 steps at lr 5e-3 instead of 70 at 2e-3). Statistics pooling
-(``center_stats``) then added the SD of the window's tokens to their mean: chromatin texture,
-the main cell-type signal among the region properties (GLCM features alone: 0.73), is a
-second-order statistic that a mean of tokens exposes poorly to a linear probe. On the same
-demo crops, 150 steps each, mean of 3 splits: cell type 0.707 vs 0.663-0.682 for ``center``,
-phase 0.717 vs 0.706-0.725, treatment 0.685 vs 0.688-0.701 (random init 0.674 / 0.667 / 0.650);
-in the workflow's own probe (split seed 0) 0.696 / 0.720 / 0.685 against 0.682 / 0.725 / 0.688.
-Longer training (500 steps), context masking, blur, a convolutional stem, a small CNN, crops
-masked to the nucleus, MAE (500 steps) and a per-patch statistics reconstruction target did not
-raise cell type above 0.69.
+Why ``features`` on a CNN (issue #5, ``benchmarks/foundation_probes.py``; demo, 2,074 nuclei
+matched to truth, held-out linear probes for cell type / phase / treatment): the tiny ViT
+trained by VICReg for ~2 CPU minutes stayed near a random encoder (0.70 / 0.72 / 0.69 against
+region properties 0.80 / 0.74 / 0.70 and random 0.68 / 0.69 / 0.64), and neither longer
+training, MAE, other augmentations, a convolutional stem nor masked crops changed that. A
+supervised CNN showed the crops hold the information (cell type ~0.83), and even regressing
+the region properties did not teach the ViT much (cell type 0.71), while the small CNN learns
+them within 600 steps. Nuclei-preserving augmentations (:data:`AUGMENT`: dihedral group and
+whole-pixel shifts; no scale or intensity jitter, which erase nuclear size and DNA content)
+keep the region properties unchanged, so they stay valid targets for every view.
+FIGURES_PLACEHOLDER
 
 One code path for CPU and GPUs: the same :func:`train` runs a tiny model on a laptop or, when
 launched by ``torchrun`` (``WORLD_SIZE > 1``), DistributedDataParallel over several GPUs
@@ -1284,17 +1279,25 @@ def random_encoder_embeddings(crops_paths, params: FoundationParams | Mapping | 
 
 # ---------------------------------------------------------------------------------------
 # evaluation
-def linear_probe(X, y, seed: int = 0, test_fraction: float = 0.3) -> dict:
+# Inverse regularisation strengths a linear probe chooses from (by inner cross-validation on its
+# training split): a fixed C favours low-dimensional representations (34 region properties vs a
+# 256-value embedding), so every representation gets its own, chosen without the test nuclei.
+PROBE_CS = (0.001, 0.01, 0.1, 1.0)
+
+
+def linear_probe(X, y, seed: int = 0, test_fraction: float = 0.3, Cs: Sequence[float] = PROBE_CS) -> dict:
     """Held-out accuracy of a linear classifier of ``y`` from ``X``.
 
     Rows with missing labels are dropped, classes with fewer than 2 members too; features are
     standardised (fit on the training split), a multinomial logistic regression is fit on a
-    stratified ``1 - test_fraction`` split and scored on the rest. Never reports training
-    accuracy. ``chance`` is the held-out majority-class accuracy.
+    stratified ``1 - test_fraction`` split and scored on the rest. Its inverse regularisation
+    ``C`` is chosen from ``Cs`` by 3-fold stratified cross-validation inside the training split
+    (reported as ``C``). Never reports training accuracy. ``chance`` is the held-out
+    majority-class accuracy.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -1315,26 +1318,44 @@ def linear_probe(X, y, seed: int = 0, test_fraction: float = 0.3) -> dict:
                 "n_classes": int(len(cls))}
     n_test = max(len(cls), int(round(len(y) * test_fraction)))
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=n_test, stratify=y, random_state=seed)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
+    Cs = [float(c) for c in Cs]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=Cs[0]))
+    _, tr_counts = np.unique(ytr, return_counts=True)
+    folds = int(min(3, tr_counts.min()))
+    if len(Cs) > 1 and folds >= 2:
+        clf = GridSearchCV(clf, {"logisticregression__C": Cs}, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     clf.fit(Xtr, ytr)
     pred = clf.predict(Xte)
+    C = clf.best_params_["logisticregression__C"] if hasattr(clf, "best_params_") else Cs[0]
     _, te_counts = np.unique(yte, return_counts=True)
-    return {"accuracy": float(accuracy_score(yte, pred)),
+    return {"accuracy": float(accuracy_score(yte, pred)), "C": float(C),
             "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
             "chance": float(te_counts.max() / te_counts.sum()),
             "n_train": int(len(ytr)), "n_test": int(len(yte)), "n_classes": int(len(cls))}
 
 
 def evaluate_representations(representations: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                             seed: int = 0, test_fraction: float = 0.3):
-    """Linear-probe table: one row per representation x target (same split per target)."""
+                             seed: int = 0, test_fraction: float = 0.3, n_splits: int = 1):
+    """Linear-probe table: one row per representation x target. Every representation is scored
+    on the same ``n_splits`` random splits per target (split seeds ``seed``, ``seed + 1``, ...);
+    ``accuracy``, ``balanced_accuracy`` and ``chance`` are means over the splits, ``accuracy_sd``
+    their SD, ``C`` the regularisation chosen most often."""
     import pandas as pd
 
     rows = []
     for rname, X in representations.items():
         for tname, y in labels.items():
-            r = linear_probe(X, y, seed=seed, test_fraction=test_fraction)
-            rows.append({"representation": rname, "target": tname, "dim": int(np.asarray(X).shape[1]), **r})
+            runs = pd.DataFrame([linear_probe(X, y, seed=seed + k, test_fraction=test_fraction)
+                                 for k in range(int(n_splits))])
+            row = {"representation": rname, "target": tname, "dim": int(np.asarray(X).shape[1])}
+            for c in ("accuracy", "balanced_accuracy", "chance"):
+                row[c] = float(runs[c].mean())
+            row["accuracy_sd"] = float(runs["accuracy"].std(ddof=1)) if len(runs) > 1 else float("nan")
+            row["n_splits"] = int(n_splits)
+            row["C"] = float(runs["C"].mode().iloc[0]) if "C" in runs else float("nan")
+            for c in ("n_train", "n_test", "n_classes"):
+                row[c] = int(runs[c].iloc[0])
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -37,7 +37,8 @@ def annotate_nuclei(nuclei: pd.DataFrame, mask_pairs, truth: pd.DataFrame) -> pd
 PROBE_TARGETS = ("cell_type", "phase", "treatment")
 
 
-def probe_representations(annotated: pd.DataFrame, representations: dict, seed: int = 0) -> pd.DataFrame:
+def probe_representations(annotated: pd.DataFrame, representations: dict, seed: int = 0,
+                          n_splits: int = 1) -> pd.DataFrame:
     """Held-out linear-probe accuracy of each representation for the demo's true labels.
 
     ``annotated`` comes from :func:`annotate_nuclei` (rows aligned with the representations);
@@ -48,4 +49,4 @@ def probe_representations(annotated: pd.DataFrame, representations: dict, seed: 
     keep = (annotated["true_label"] > 0).to_numpy() & annotated["cell_type"].notna().to_numpy()
     labels = {t: annotated.loc[keep, t].astype(str).to_numpy() for t in PROBE_TARGETS if t in annotated}
     reps = {name: np.nan_to_num(np.asarray(x, dtype=np.float64)[keep]) for name, x in representations.items()}
-    return evaluate_representations(reps, labels, seed=seed)
+    return evaluate_representations(reps, labels, seed=seed, n_splits=n_splits)
