@@ -38,7 +38,12 @@ the region properties did not teach the ViT much (cell type 0.71), while the sma
 them within 600 steps. Nuclei-preserving augmentations (:data:`AUGMENT`: dihedral group and
 whole-pixel shifts; no scale or intensity jitter, which erase nuclear size and DNA content)
 keep the region properties unchanged, so they stay valid targets for every view.
-FIGURES_PLACEHOLDER
+In the workflow's own probe on the default demo (``results/qc/foundation_probes.tsv``; mean of
+3 random 70/30 splits, each probe's regularisation chosen by cross-validation inside its
+training split): foundation 0.822 / 0.736 / 0.735, region properties 0.809 / 0.729 / 0.717,
+random-init CNN 0.732 / 0.705 / 0.646 (split SD ~0.01-0.02); 600 steps took 144 s on 2 cores.
+The embedding is trained to hold the region properties, so matching them is by design; it
+exceeds them because the CNN learns more of the image than the 34 targets name.
 
 One code path for CPU and GPUs: the same :func:`train` runs a tiny model on a laptop or, when
 launched by ``torchrun`` (``WORLD_SIZE > 1``), DistributedDataParallel over several GPUs
