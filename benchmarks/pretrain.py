@@ -299,7 +299,7 @@ def main():
     if not a.gpu_only:
         print("FLOPs per crop of one training step (forward + backward), 64 x 64 x 2 crops:")
         fl = [{"preset": pr, "objective": ob, "GFLOP_per_crop": round(flops_per_crop(pr, ob) / 1e9, 3)}
-              for pr in ("tiny", "small", "base") for ob in ("mae", "vicreg")]
+              for pr in ("tiny", "small", "base") for ob in ("features", "mae", "vicreg")]
         fl = pd.DataFrame(fl)
         small = fl.query("preset == 'small' and objective == 'mae'")["GFLOP_per_crop"].iloc[0]
         print(fl.to_string(index=False))
