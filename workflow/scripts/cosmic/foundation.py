@@ -778,7 +778,7 @@ class CropsWithTargets(torch.utils.data.Dataset):
     def __init__(self, crops: CropBankDataset, targets_path):
         self.crops, self.targets_path = crops, str(targets_path)
         self._targets = None
-        n = np.load(self.targets_path, mmap_mode="r").shape[0]
+        n, self.n_features = np.load(self.targets_path, mmap_mode="r").shape
         if n != len(crops):
             raise CosmicInputError(f"file '{targets_path}': {n} target rows for {len(crops)} crops; delete it")
 
@@ -1024,7 +1024,7 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
         if world > 1:
             torch.distributed.barrier()
         data = CropsWithTargets(data, targets_path)
-        n_features = int(np.load(targets_path, mmap_mode="r").shape[1])
+        n_features = int(data.n_features)
     _seed_all(_mix(params.seed, rank))
     model = build_model(params, C, S, n_features).to(device)
     opt = torch.optim.AdamW(_param_groups(model, params.weight_decay), lr=params.lr, betas=(0.9, 0.95),
@@ -1113,14 +1113,12 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
             g = torch.Generator(device=device)
             g.manual_seed(_mix(params.seed, step, rank, 3))
             with torch.no_grad():
+                # VICReg compares two views; MAE and features take one (region properties are
+                # invariant to AUGMENT)
+                views = tuple(augment(x, g, **AUGMENT) for _ in range(2 if params.objective == "vicreg" else 1))
                 noise = None
                 if params.objective == "mae":
-                    views = (augment(x, g, **AUGMENT),)
                     noise = torch.rand(x.shape[0], model.n_patches, generator=g, device=device)
-                elif params.objective == "features":  # region properties are invariant to AUGMENT
-                    views = (augment(x, g, **AUGMENT),)
-                else:
-                    views = (augment(x, g, **AUGMENT), augment(x, g, **AUGMENT))
             with _autocast(device, amp_dtype):
                 loss, parts = train_model(*views, noise=noise, targets=t)
             opt.zero_grad(set_to_none=True)
