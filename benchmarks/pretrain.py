@@ -269,11 +269,13 @@ def gpu_bench(preset: str, steps: int, batch: int, workers: int) -> list[dict]:
 
 
 def main():
+    from cosmic import foundation as fm
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--steps", type=int, default=20, help="CPU training steps per size")
     ap.add_argument("--embed-max", type=int, default=10_000)
-    ap.add_argument("--objective", default="features", choices=("features", "vicreg", "mae"),
+    ap.add_argument("--objective", default="features", choices=fm.OBJECTIVES,
                     help="CPU objective (default: the package default; features trains on stand-in region properties)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--gpu-only", action="store_true")
@@ -299,7 +301,7 @@ def main():
     if not a.gpu_only:
         print("FLOPs per crop of one training step (forward + backward), 64 x 64 x 2 crops:")
         fl = [{"preset": pr, "objective": ob, "GFLOP_per_crop": round(flops_per_crop(pr, ob) / 1e9, 3)}
-              for pr in ("tiny", "small", "base") for ob in ("features", "mae", "vicreg")]
+              for pr in ("tiny", "small", "base") for ob in fm.OBJECTIVES]
         fl = pd.DataFrame(fl)
         small = fl.query("preset == 'small' and objective == 'mae'")["GFLOP_per_crop"].iloc[0]
         print(fl.to_string(index=False))
