@@ -570,14 +570,14 @@ def morphology_oracle(states, rng, replicates: int, measure) -> pd.DataFrame:
         private["z_elongation"] = rng.standard_normal(len(states))
         private["size_noise"] = np.exp(0.1 * rng.standard_normal(len(states)))
         private["stain_efficiency"] = np.exp(0.08 * rng.standard_normal(len(states)))
-        per_rep.append(_measure_isolated(private, rng, measure))
+        per_rep.append(measure_isolated(private, rng, measure))
     features = [c for c in per_rep[0].columns if c.startswith("morph_")]
     stacked = np.stack([r[features].to_numpy(float) for r in per_rep])
     frac, total = explained_fraction(stacked)
     return pd.DataFrame({"feature": features, "oracle_r2": frac, "variance": total})
 
 
-def _measure_isolated(states, rng, measure, per_canvas: int = 400, cell: int = 112) -> pd.DataFrame:
+def measure_isolated(states, rng, measure, per_canvas: int = 400, cell: int = 112) -> pd.DataFrame:
     """Render nuclei on a spaced grid (no neighbours) and measure them with the true masks."""
     tables = []
     for start in range(0, len(states), per_canvas):
