@@ -111,9 +111,27 @@ def test_patchify_round_trip_and_bad_patch_size():
         fm.build_model(fm.FoundationParams(**TINY), 2, 18)
     with pytest.raises(CosmicInputError, match="power of 2"):
         fm.FoundationParams(**dict(TINY, patch_size=6), encoder="cnn")
+    with pytest.raises(CosmicInputError, match="power of 2"):
+        fm.FoundationParams(**dict(TINY, patch_size=6), encoder="vit", decoder="conv")
+    assert fm.FoundationParams(**dict(TINY, patch_size=6), encoder="vit", decoder="tokens").patch_size == 6
+    with pytest.raises(CosmicInputError, match="decoder must be one of"):
+        fm.FoundationParams(decoder="unet")
     with pytest.raises(CosmicInputError, match="needs encoder 'vit'"):
         fm.FoundationParams(objective="mae", encoder="cnn")
     assert fm.FoundationParams(objective="mae").encoder == "vit"  # the tiny preset's MAE keeps its ViT
+    assert fm.FoundationParams(objective="features").decoder == "conv"
+    assert fm.FoundationParams(objective="vicreg").decoder == "tokens"  # as measured before the conv decoder
+
+
+def test_conv_decoder_renders_whole_crops_from_the_embedding():
+    m = fm.build_model(fm.FoundationParams(**TINY, decoder="conv"), 2, 16).eval()
+    assert isinstance(m.image_head, fm.ConvDecoder)
+    z = torch.randn(3, m.embedding_dim)
+    with torch.no_grad():
+        img = m.decode(z)
+        assert img.shape == (3, 2, 16, 16) and torch.isfinite(img).all()
+        assert not torch.allclose(img[0], img[1])  # the image follows the embedding
+        assert torch.allclose(m.decode(z[:1]), img[:1], atol=1e-5)  # and only its own embedding (eval mode)
 
 
 def test_cnn_encoder_gives_one_token_per_patch_block():
@@ -399,13 +417,14 @@ def test_random_encoder_embeddings_follow_the_seed(banks):
 
 
 def test_models_saved_before_pool_existed_load_with_mean_pooling(tmp_path):
-    made_then = fm.build_model(fm.FoundationParams(**TINY, pool="mean", objective="vicreg", encoder="vit"), 2, 16)
+    made_then = fm.build_model(fm.FoundationParams(**TINY, pool="mean", objective="vicreg", encoder="vit",
+                                                   decoder="tokens"), 2, 16)
     params = made_then.params.to_dict()
-    del params["pool"], params["encoder"]  # neither option existed then: mean pooling of a ViT
+    del params["pool"], params["encoder"], params["decoder"]  # none existed then: a ViT, mean pooling, tokens
     torch.save({"format": fm.FORMAT, "params": params, "input_shape": [2, 16],
                 "state_dict": made_then.state_dict()}, tmp_path / "old.pt")
     old = fm.load_model(tmp_path / "old.pt", device="cpu")
-    assert old.params.pool == "mean" and old.params.encoder == "vit"
+    assert old.params.pool == "mean" and old.params.encoder == "vit" and old.params.decoder == "tokens"
     with torch.no_grad():
         x = torch.rand(2, 2, 16, 16)
         assert torch.allclose(old.embed(x), old.encode_tokens(x).mean(dim=1), atol=1e-6)

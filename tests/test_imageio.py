@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from cosmic.errors import CosmicInputError
-from cosmic.imageio import read_image
+from cosmic.imageio import crop_banks_by_sample, crop_dna_channel, read_image
 
 
 def _planes(c=2, h=40, w=50, seed=0):
@@ -161,3 +161,17 @@ def test_bad_z_projection(tmp_path):
     tifffile.imwrite(p, _planes(1)[0])
     with pytest.raises(CosmicInputError, match="z_projection"):
         read_image(p, z_projection="median")
+
+
+def test_crop_dna_channel_index_name_and_fallback(tmp_path):
+    p = tmp_path / "named.ome.tif"
+    tifffile.imwrite(p, _planes(2), metadata={"axes": "CYX", "Channel": {"Name": ["CellMask", "DAPI"]}})
+    assert crop_dna_channel(1) == 1
+    assert crop_dna_channel("DAPI", p) == 1  # crops keep the images' channel order
+    assert crop_dna_channel("DAPI", None) == 0  # nothing to resolve the name on
+
+
+def test_crop_banks_by_sample_pairs_in_order_or_not_at_all():
+    assert crop_banks_by_sample(["a/crops.npy", "b/crops.npy"], ["a", "b"]) == {"a": "a/crops.npy", "b": "b/crops.npy"}
+    assert crop_banks_by_sample(["a/crops.npy"], ["a", "b"]) is None
+    assert crop_banks_by_sample([], []) is None

@@ -259,9 +259,15 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
     a = synthetic_cohort(n=500, fm_dims=6)
     p = {**FAST, "epochs": 60, "covariates": ["treatment"], "n_output_samples": 2}
     decode = lambda z: np.tanh(np.asarray(z)[:, :1, None, None] * np.ones((1, 1, 8, 8)))  # noqa: E731
+    crops = {}
+    for s in ("s1", "s2"):  # real nuclei, shown beside the generated ones
+        in_s = (a.obs["sample"] == s).to_numpy()
+        a.obs.loc[in_s, "crop_index"] = np.arange(in_s.sum())
+        crops[s] = tmp_path / f"{s}_crops.npy"
+        np.save(crops[s], np.random.default_rng(1).random((in_s.sum(), 1, 8, 8)).astype(np.float32))
     r = cm.run_cosmic(a, tmp_path / "models", tmp_path / "predictions.h5ad", tmp_path / "metrics.json",
                       tmp_path / "variance_decomposition.tsv", p, figures_dir=tmp_path / "figures",
-                      decode_images=decode, progress=False)
+                      decode_images=decode, progress=False, crops=crops)
     vd = r["variance_decomposition"]
     t, m = vd["transcriptome_explained_by_morphology"], vd["morphology_explained_by_transcriptome"]
     assert t["cosmic"]["value"] > t["mean"]["value"] + 0.05
@@ -286,6 +292,7 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
     assert saved["n_cells"]["test"] == n_test
     assert (tmp_path / "figures" / "gene_r2_ranked.png").exists()
     assert (tmp_path / "figures" / "generated_nuclei.png").exists()
+    assert "the real nucleus" in (tmp_path / "figures" / "generated_nuclei.txt").read_text()
     # evaluation in the terms of the published COSMIC code
     ref = saved["reference_metrics"]
     m2r, r2m = ref["morphology_to_rna"], ref["rna_to_morphology"]
@@ -355,3 +362,19 @@ def test_fit_calibrates_intervals_on_validation_cells():
     s = r["model"].m2r.calib_scale
     assert s.shape == (FAST["n_rna_pcs"],) and bool((s > 0).all())
     assert "m2r.calib_scale" in r["model"].state_dict()
+
+
+def test_real_crops_for_the_nuclei_figure_come_from_each_test_cells_bank(tmp_path):
+    banks = {s: np.random.default_rng(i).random((3, 2, 4, 4)).astype(np.float32) for i, s in enumerate("ab")}
+    paths = {}
+    for s, arr in banks.items():
+        paths[s] = tmp_path / f"{s}.npy"
+        np.save(paths[s], arr)
+    cells = ad.AnnData(obs=pd.DataFrame({"sample": ["b", "a", "a"], "crop_index": [0, 2, 1]},
+                                        index=["c0", "c1", "c2"]))
+    got = cm._real_crops(cells, paths, 2, dna_channel=1)
+    assert got.shape == (2, 4, 4)
+    np.testing.assert_array_equal(got[0], banks["b"][0, 1])
+    np.testing.assert_array_equal(got[1], banks["a"][2, 1])
+    assert cm._real_crops(cells, {"a": paths["a"]}, 2) is None  # sample b's bank is missing: no real row
+    assert cm._real_crops(cells, None, 2) is None

@@ -181,10 +181,12 @@ def pair_inputs(wildcards):
 
 
 def cosmic_inputs(wildcards):
-    """The paired cohort, and the foundation model whose decoder renders generated nuclei."""
+    """The paired cohort; the foundation model whose decoder renders generated nuclei, and the
+    crop banks holding the real nuclei shown beside them."""
     inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
     if config["cosmic"]["representation"] != "morph" and not MORPHOLOGY_TABLES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
+        inputs["crops"] = crops_inputs()
     return inputs
 
 

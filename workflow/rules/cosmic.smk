@@ -37,5 +37,9 @@ rule cosmic:
     params:
         cosmic=config["cosmic"],
         truth=DEMO_DIR if DEMO else None,
+        samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
+        first_image=next(
+            (path for images in IMAGES.values() for path in images.values()), None
+        ),
     script:
         "../scripts/cosmic_model.py"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")
 
+from cosmic.imageio import crop_banks_by_sample, crop_dna_channel
 from cosmic.model import run_cosmic
 
 decode_images = None
@@ -17,6 +18,10 @@ if "foundation" in snakemake.input.keys():
         return decode_embeddings(foundation, embedding)
 
 
+crop_paths = list(snakemake.input.get("crops", []) or [])
+samples = list(snakemake.params.get("samples", []) or [])
+crops = crop_banks_by_sample(crop_paths, samples)
+
 metrics = run_cosmic(
     snakemake.input.cohort,
     Path(snakemake.output.model).parent,
@@ -27,5 +32,8 @@ metrics = run_cosmic(
     figures_dir=Path(snakemake.output.gene_r2).parent,
     decode_images=decode_images,
     truth=snakemake.params.truth,
+    crops=crops,
+    dna_channel=crop_dna_channel(snakemake.config.get("imaging", {}).get("dna_channel", 0),
+                                 snakemake.params.get("first_image")),
 )
 print({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, file=sys.stderr)

@@ -109,6 +109,7 @@ __all__ = [
 FORMAT = "cosmic-foundation/1"
 OBJECTIVES = ("features", "vicreg", "mae")
 ENCODERS = ("cnn", "vit")
+DECODERS = ("conv", "tokens")
 POOLS = ("center_stats", "center", "mean")
 DEFAULT_OBJECTIVE = "features"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -118,20 +119,21 @@ DEVICES = ("auto", "cpu", "cuda")
 # 64 x 64 x 2 in a few minutes on 2 CPU cores; ``small`` (ViT-S width) and ``base`` (ViT-B)
 # are meant for GPUs.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder="cnn", embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96, decoder_depth=1,
+    "tiny": dict(encoder="cnn", decoder="conv", embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96, decoder_depth=1,
                  batch_size=64, max_steps=250, lr=2e-3, warmup_steps=25, checkpoint_every=50),
-    "small": dict(encoder="vit", embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256, decoder_depth=2,
+    "small": dict(encoder="vit", decoder="tokens", embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256, decoder_depth=2,
                   batch_size=512, max_steps=50_000, lr=1e-3, warmup_steps=2_000, checkpoint_every=1_000),
-    "base": dict(encoder="vit", embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512, decoder_depth=4,
+    "base": dict(encoder="vit", decoder="tokens", embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512, decoder_depth=4,
                  batch_size=512, max_steps=100_000, lr=6e-4, warmup_steps=5_000, checkpoint_every=1_000),
 }
 # Per-objective overrides of a preset. On the CPU preset: the feature-prediction objective
 # trains the small CNN for 600 steps of 64 crops (~3 minutes on 2 laptop cores); VICReg
 # encodes two full views per crop (~3.5x the cost of a MAE step), so it takes fewer steps; both
 # ViT objectives keep the ViT they were measured with (MAE needs patch tokens to mask).
-PRESET_OBJECTIVE = {"tiny": {"features": dict(max_steps=600, warmup_steps=60),
-                             "vicreg": dict(encoder="vit", max_steps=150, warmup_steps=15, lr=5e-3),
-                             "mae": dict(encoder="vit")}}
+PRESET_OBJECTIVE = {"tiny": {"features": dict(max_steps=600, warmup_steps=60, decoder_dim=64),
+                             "vicreg": dict(encoder="vit", decoder="tokens", max_steps=150, warmup_steps=15,
+                                            lr=5e-3),
+                             "mae": dict(encoder="vit", decoder="tokens")}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class FoundationParams:
     preset: str = "tiny"
     objective: str = DEFAULT_OBJECTIVE
     encoder: str | None = None
+    decoder: str | None = None
     embed_dim: int | None = None
     depth: int | None = None
     heads: int | None = None
@@ -184,6 +187,9 @@ class FoundationParams:
         if self.encoder not in ENCODERS:
             raise CosmicInputError(
                 f"foundation parameter encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.decoder not in DECODERS:
+            raise CosmicInputError(
+                f"foundation parameter decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.objective == "mae" and self.encoder != "vit":
             raise CosmicInputError(
                 "foundation: objective 'mae' hides patch tokens, which needs encoder 'vit'; "
@@ -204,10 +210,10 @@ class FoundationParams:
             _int("num_workers", self.num_workers, minimum=0)
             self.num_workers = int(self.num_workers)
         p = self.patch_size
-        if self.encoder == "cnn" and (p < 2 or p & (p - 1)):
+        if (self.encoder == "cnn" or self.decoder == "conv") and (p < 2 or p & (p - 1)):
             raise CosmicInputError(
-                f"foundation parameter patch_size must be a power of 2 (>= 2) for encoder 'cnn' (the CNN "
-                f"halves the resolution log2(patch_size) times), got {p}")
+                f"foundation parameter patch_size must be a power of 2 (>= 2) for encoder 'cnn' and decoder "
+                f"'conv' (they halve / double the resolution log2(patch_size) times), got {p}")
         if self.embed_dim % self.heads:
             raise CosmicInputError(
                 f"foundation parameter embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
@@ -334,6 +340,33 @@ class ConvEncoder(nn.Module):
         return self.net(x).flatten(2).transpose(1, 2)
 
 
+class ConvDecoder(nn.Module):
+    """Embedding -> image by convolutions: a linear map to a ``dim`` x grid x grid feature map
+    (one position per ``patch_size`` block), then log2(patch_size) stages of 2x nearest
+    upsampling + 3 x 3 conv-BatchNorm-ReLU (``depth`` convs per stage, width halving), and a
+    3 x 3 conv to the crop channels. Unlike a per-patch linear read-out it has no seams at patch
+    borders, and neighbouring pixels share features, which keeps outlines and texture smooth."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, channels: int, grid: int, patch_size: int):
+        super().__init__()
+        self.dim, self.grid = dim, grid
+        self.inp = nn.Linear(in_dim, dim * grid * grid)
+        layers: list[nn.Module] = []
+        c = dim
+        for _ in range(int(round(math.log2(patch_size)))):
+            w = max(16, c // 2)
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            for k in range(depth):
+                layers += [nn.Conv2d(c if k == 0 else w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                           nn.ReLU(inplace=True)]
+            c = w
+        layers.append(nn.Conv2d(c, channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(self.inp(z).view(-1, self.dim, self.grid, self.grid))
+
+
 def _dec_heads(dim: int) -> int:
     for h in (8, 4, 2, 1):
         if dim % h == 0 and dim // h >= 16:
@@ -377,8 +410,11 @@ class FoundationModel(nn.Module):
         if params.encoder == "vit":
             self.blocks = nn.ModuleList(Block(D, params.heads) for _ in range(params.depth))
             self.norm = nn.LayerNorm(D)
-        # embedding -> image: one token per patch position, seeded by the embedding
-        self.image_head = TokenDecoder(E, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
+        # embedding -> image: convolutions from a coarse grid, or one token per patch position
+        if params.decoder == "conv":
+            self.image_head = ConvDecoder(E, dd, params.decoder_depth, channels, self.grid, p)
+        else:
+            self.image_head = TokenDecoder(E, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
         if params.objective == "mae":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
             self.mae_decoder = TokenDecoder(D, dd, params.decoder_depth, _dec_heads(dd), self.n_patches, patch_pixels)
@@ -449,6 +485,8 @@ class FoundationModel(nn.Module):
         return self.pool(self.encode_tokens(x))
 
     def decode(self, z):
+        if isinstance(self.image_head, ConvDecoder):
+            return self.image_head(z)
         tokens = self.image_head.inp(z).unsqueeze(1).expand(-1, self.n_patches, -1)
         return self.unpatchify(self.image_head(tokens))
 
@@ -936,9 +974,9 @@ def _seed_all(seed):
     torch.manual_seed(seed)
 
 
-_ARCH_KEYS = ("objective", "encoder", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
+_ARCH_KEYS = ("objective", "encoder", "decoder", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
 # value of a parameter in checkpoints written before it existed
-_LEGACY = {"pool": "mean", "encoder": "vit"}
+_LEGACY = {"pool": "mean", "encoder": "vit", "decoder": "tokens"}
 
 
 def build_model(params: FoundationParams, channels: int, crop_size: int, n_features: int = 1) -> FoundationModel:

@@ -284,3 +284,25 @@ def resolve_channel(dna_channel, names: list[str], where: str = "input") -> int:
     raise CosmicInputError(
         f"{where}: dna_channel must be an integer index or a channel name, got {dna_channel!r}"
     )
+
+
+def crop_dna_channel(dna_channel, first_image=None) -> int:
+    """Index of the DNA channel inside the crop banks, which keep the images' channel order.
+
+    ``dna_channel``: the ``imaging.dna_channel`` setting (an index, or a channel name resolved
+    on ``first_image``; 0 when there is no image to resolve it on).
+    """
+    if isinstance(dna_channel, (int, np.integer)):
+        return int(dna_channel)
+    if first_image:
+        return read_image(first_image, dna_channel=dna_channel).dna_index
+    return 0
+
+
+def crop_banks_by_sample(crop_paths, samples) -> dict[str, str] | None:
+    """sample -> ``crops.npy`` from a rule's crop inputs and sample list (same order); None when
+    there are none or the two lists differ in length (then the crops are not used)."""
+    crop_paths, samples = list(crop_paths or []), list(samples or [])
+    if not crop_paths or len(crop_paths) != len(samples):
+        return None
+    return dict(zip(map(str, samples), map(str, crop_paths)))

@@ -927,13 +927,15 @@ def load_truth(truth) -> dict:
 # the stage
 def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params=None,
                figures_dir=None, decode_images: Callable[[np.ndarray], np.ndarray] | None = None,
-               truth=None, progress: bool = True) -> dict:
+               truth=None, progress: bool = True, crops: Mapping[str, Any] | None = None,
+               dna_channel: int = 0) -> dict:
     """Split, fit, evaluate on held-out test cells only, and write the stage outputs.
 
     ``cohort``: AnnData or path of ``paired/cohort.h5ad``. ``params``: :class:`CosmicParams` or the
     ``cosmic:`` config mapping. ``decode_images``: optional callable mapping foundation embeddings
     (cells x dims, X_fm units) to crops (cells x C x S x S). ``truth``: demo ground truth (see
-    :func:`load_truth`). Returns the metrics dictionary (also written to ``metrics_path``); also
+    :func:`load_truth`). ``crops``: sample -> ``crops.npy``, the real nuclei shown beside the generated
+    ones (cohort obs ``crop_index``; ``dna_channel``: the DNA channel's index in the crops). Returns the metrics dictionary (also written to ``metrics_path``); also
     writes ``cell_type_confusion.tsv`` next to it and, with ``figures_dir``, the figures.
     BLAS/OpenMP pools are capped at ``params.num_threads`` (0: no cap) for the whole stage: the
     matrices are small and oversubscribed BLAS threads are many times slower on a shared node.
@@ -943,11 +945,11 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     params = params if isinstance(params, CosmicParams) else CosmicParams.from_config(params or {})
     with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
         return _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params,
-                           figures_dir, decode_images, truth, progress)
+                           figures_dir, decode_images, truth, progress, crops, dna_channel)
 
 
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
-                decode_images, truth, progress) -> dict:
+                decode_images, truth, progress, crops=None, dna_channel=0) -> dict:
     import anndata as ad
 
     t0 = time.time()
@@ -1101,7 +1103,9 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
         confusion.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     _write_predictions(predictions_path, test_a, genes, P, pre, params, decode_images, split)
     if figures_dir is not None:
-        _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table)
+        _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table,
+                 real_crops=_real_crops(test_a, crops, min(FIGURE_NUCLEI, test_a.n_obs), dna_channel),
+                 dna_channel=dna_channel)
         _confusion_figure(Path(figures_dir), confusion, transfer)
     results["seconds_total"] = time.time() - t0
     write_json(metrics_path, results)
@@ -1359,7 +1363,26 @@ def _write_predictions(path, test_a, genes, P, pre, params, decode_images, split
         out.write_h5ad(tmp)
 
 
-def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table):
+FIGURE_NUCLEI = 8  # test cells shown in the real-vs-generated nuclei figure
+
+
+def _real_crops(test_a, crops: Mapping[str, Any] | None, n: int, dna_channel: int = 0) -> np.ndarray | None:
+    """DNA channel of the real crops (cells x S x S) of the first ``n`` test cells; None when any is missing."""
+    if not crops or "crop_index" not in test_a.obs or n == 0:
+        return None
+    banks, out = {}, []
+    for sample, index in zip(test_a.obs["sample"].astype(str)[:n], test_a.obs["crop_index"][:n]):
+        path = crops.get(sample)
+        if path is None or not Path(path).exists() or pd.isna(index):
+            return None
+        if sample not in banks:
+            banks[sample] = np.load(path, mmap_mode="r")
+        bank = banks[sample]
+        out.append(np.asarray(bank[int(index), min(dna_channel, bank.shape[1] - 1)], dtype=np.float32))
+    return np.stack(out)
+
+
+def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table, real_crops=None, dna_channel=0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1411,22 +1434,34 @@ def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table
         "intervals over cells; dashed line: oracle ceiling when ground truth is known.\n")
     # 3. real vs generated nuclei
     if decode_images is not None and pre.state["representation"] == "fm":
-        n = min(8, len(P["rep_mean"]))
-        real = np.asarray(decode_images(pre.rep_to_raw(P["observed_rep"][:n])), dtype=np.float32)
-        gen = np.asarray(decode_images(pre.rep_to_raw(P["rep_mean"][:n])), dtype=np.float32)
-        smp = np.asarray(decode_images(pre.rep_to_raw(P["rep_samples"][0, :n])), dtype=np.float32)
-        fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.6), squeeze=False)
+        n = min(FIGURE_NUCLEI, len(P["rep_mean"]))
+
+        def decoded(rep):
+            img = np.asarray(decode_images(pre.rep_to_raw(rep[:n])), dtype=np.float32)
+            return img[:, min(dna_channel, img.shape[1] - 1)]
+
+        rows = [("observed embedding,\ndecoded", decoded(P["observed_rep"])),
+                ("generated from RNA\n(mean)", decoded(P["rep_mean"]))]
+        rows += [(f"generated from RNA\n(sample {i + 1})", decoded(P["rep_samples"][i]))
+                 for i in range(min(2, len(P["rep_samples"])))]
+        if real_crops is not None:
+            rows.insert(0, ("real nucleus", real_crops[:n]))
+        fig, axes = plt.subplots(len(rows), n, figsize=(1.4 * n, 1.45 * len(rows) + 0.5), squeeze=False)
         for j in range(n):
-            for r, (arr, name) in enumerate(((real, "observed (decoded)"), (gen, "generated mean"),
-                                             (smp, "generated sample"))):
-                axes[r, j].imshow(arr[j, 0], cmap="gray")
+            # one grey scale per cell (its first row), so size and brightness compare down the column
+            lo, hi = np.percentile(rows[0][1][j], [1, 99.5])
+            for r, (name, arr) in enumerate(rows):
+                axes[r, j].imshow(arr[j], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
                 axes[r, j].set_xticks([])
                 axes[r, j].set_yticks([])
                 if j == 0:
                     axes[r, j].set_ylabel(name, fontsize=7)
-        fig.suptitle("Nuclei: observed embedding decoded vs generated from RNA (test cells)")
+        fig.suptitle("Held-out cells: real nucleus and nuclei generated from the cell's transcriptome")
         fig.tight_layout()
         save_figure(fig, outdir / "generated_nuclei.png", dpi=120)
         (outdir / "generated_nuclei.txt").write_text(
-            "Rows: foundation decoder applied to the observed embedding, to the COSMIC conditional mean generated "
-            "from the cell's RNA, and to one COSMIC sample; columns: test cells.\n")
+            "Columns: test cells (never seen in training). Rows: " + ("the real nucleus (DNA channel crop); "
+            if real_crops is not None else "") + "the foundation decoder applied to the cell's observed embedding "
+            "(what the decoder can render); to the COSMIC conditional mean generated from the cell's RNA; and to "
+            "COSMIC samples from the same RNA (what the transcriptome leaves undetermined). One grey scale per "
+            "column.\n")
