@@ -151,6 +151,12 @@ def test_cosmic_reports_held_out_metrics_with_baselines(finished_run):
     assert set(predictions.obs_names) <= set(cohort.obs_names)
     variance = pd.read_csv(results / "cosmic" / "variance_decomposition.tsv", sep="\t")
     assert len(variance) > 0
+    # the default representation (auto) models the foundation embedding, so generated nuclei are rendered
+    # beside the real ones, and on the demo the genes' programs are ranked against the oracle
+    assert metrics["representation"] == "fm"
+    assert "the real nucleus" in (results / "cosmic" / "figures" / "generated_nuclei.txt").read_text()
+    by_program = metrics["oracle"]["r2_by_program"]
+    assert all(1 <= p["median_rank"] <= metrics["oracle"]["n_genes_ranked"] for p in by_program.values())
 
 
 def test_workflow_dna_content_doubles_from_g1_to_g2(finished_run):

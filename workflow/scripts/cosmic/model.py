@@ -1193,11 +1193,17 @@ def _oracle_comparison(tr_, table, test_a, transfer, T, pred_rep, y_rep, train_a
         table.loc[sel, "oracle_r2"] = feats.map(g["oracle_r2"]).to_numpy()
         if "program" in g:
             table.loc[sel, "program"] = feats.map(g["program"]).to_numpy()
-            tg = table[sel]
+            # ranks among all kept genes (1 = best predicted), by COSMIC and by the oracle
+            tg = table[sel].assign(rank=lambda d: d["r2_cosmic"].rank(ascending=False),
+                                   oracle_rank=lambda d: d["oracle_r2"].rank(ascending=False))
             out["r2_by_program"] = {str(k): dict(median_r2=float(v["r2_cosmic"].median()),
                                                  mean_r2=float(v["r2_cosmic"].mean()),
-                                                 median_oracle_r2=float(v["oracle_r2"].median()), n=int(len(v)))
+                                                 median_oracle_r2=float(v["oracle_r2"].median()),
+                                                 median_rank=float(v["rank"].median()),
+                                                 median_oracle_rank=float(v["oracle_rank"].median()),
+                                                 n=int(len(v)))
                                     for k, v in tg.groupby("program")}
+            out["n_genes_ranked"] = int(len(tg))
             top = tg.sort_values("r2_cosmic", ascending=False).head(50)
             out["top50_genes_programs"] = top["program"].value_counts().to_dict()
         # oracle total on the same genes, weighted by test-cell variance like the achieved total
