@@ -119,17 +119,19 @@ DEVICES = ("auto", "cpu", "cuda")
 # 64 x 64 x 2 in a few minutes on 2 CPU cores; ``small`` (ViT-S width) and ``base`` (ViT-B)
 # are meant for GPUs.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder="cnn", decoder="conv", embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96, decoder_depth=1,
-                 batch_size=64, max_steps=250, lr=2e-3, warmup_steps=25, checkpoint_every=50),
-    "small": dict(encoder="vit", decoder="tokens", embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256, decoder_depth=2,
-                  batch_size=512, max_steps=50_000, lr=1e-3, warmup_steps=2_000, checkpoint_every=1_000),
-    "base": dict(encoder="vit", decoder="tokens", embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512, decoder_depth=4,
-                 batch_size=512, max_steps=100_000, lr=6e-4, warmup_steps=5_000, checkpoint_every=1_000),
+    "tiny": dict(encoder="cnn", decoder="conv", embed_dim=128, depth=4, heads=4, patch_size=8, decoder_dim=96,
+                 decoder_depth=1, batch_size=64, max_steps=250, lr=2e-3, warmup_steps=25, checkpoint_every=50),
+    "small": dict(encoder="vit", decoder="tokens", embed_dim=384, depth=8, heads=6, patch_size=8, decoder_dim=256,
+                  decoder_depth=2, batch_size=512, max_steps=50_000, lr=1e-3, warmup_steps=2_000, checkpoint_every=1_000),
+    "base": dict(encoder="vit", decoder="tokens", embed_dim=768, depth=12, heads=12, patch_size=8, decoder_dim=512,
+                 decoder_depth=4, batch_size=512, max_steps=100_000, lr=6e-4, warmup_steps=5_000, checkpoint_every=1_000),
 }
 # Per-objective overrides of a preset. On the CPU preset: the feature-prediction objective
 # trains the small CNN for 600 steps of 64 crops (~3 minutes on 2 laptop cores); VICReg
 # encodes two full views per crop (~3.5x the cost of a MAE step), so it takes fewer steps; both
-# ViT objectives keep the ViT they were measured with (MAE needs patch tokens to mask).
+# ViT objectives keep the ViT and token decoder they were measured with (MAE needs patch tokens
+# to mask). The features objective renders through a 64-wide convolutional decoder (~1.3x the
+# step cost of the token decoder; renders outlines, orientation and neighbours instead of seamed blobs).
 PRESET_OBJECTIVE = {"tiny": {"features": dict(max_steps=600, warmup_steps=60, decoder_dim=64),
                              "vicreg": dict(encoder="vit", decoder="tokens", max_steps=150, warmup_steps=15,
                                             lr=5e-3),
@@ -974,7 +976,8 @@ def _seed_all(seed):
     torch.manual_seed(seed)
 
 
-_ARCH_KEYS = ("objective", "encoder", "decoder", "embed_dim", "depth", "heads", "patch_size", "decoder_dim", "decoder_depth", "pool")
+_ARCH_KEYS = ("objective", "encoder", "decoder", "embed_dim", "depth", "heads", "patch_size", "decoder_dim",
+              "decoder_depth", "pool")
 # value of a parameter in checkpoints written before it existed
 _LEGACY = {"pool": "mean", "encoder": "vit", "decoder": "tokens"}
 

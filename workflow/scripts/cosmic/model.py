@@ -935,8 +935,9 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     ``cosmic:`` config mapping. ``decode_images``: optional callable mapping foundation embeddings
     (cells x dims, X_fm units) to crops (cells x C x S x S). ``truth``: demo ground truth (see
     :func:`load_truth`). ``crops``: sample -> ``crops.npy``, the real nuclei shown beside the generated
-    ones (cohort obs ``crop_index``; ``dna_channel``: the DNA channel's index in the crops). Returns the metrics dictionary (also written to ``metrics_path``); also
-    writes ``cell_type_confusion.tsv`` next to it and, with ``figures_dir``, the figures.
+    ones (cohort obs ``crop_index``; ``dna_channel``: the DNA channel's index in the crops). Returns
+    the metrics dictionary (also written to ``metrics_path``); also writes ``cell_type_confusion.tsv``
+    next to it and, with ``figures_dir``, the figures.
     BLAS/OpenMP pools are capped at ``params.num_threads`` (0: no cap) for the whole stage: the
     matrices are small and oversubscribed BLAS threads are many times slower on a shared node.
     """
