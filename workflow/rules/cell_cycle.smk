@@ -30,8 +30,6 @@ rule cell_cycle:
         cell_cycle=config["cell_cycle"],
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
         truth=lambda wildcards, input: (str(Path(input.truth).parent) if DEMO else None),
-        first_image=next(
-            (path for images in IMAGES.values() for path in images.values()), None
-        ),
+        first_image=FIRST_IMAGE,
     script:
         "../scripts/cell_cycle.py"

@@ -79,6 +79,11 @@ else:
         for sample, row in SAMPLES.iterrows()
     }
 
+# One image to resolve a channel name on (crop banks keep the images' channel order).
+FIRST_IMAGE = next(
+    (path for images in IMAGES.values() for path in images.values()), None
+)
+
 # Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
 MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
 if MORPHOLOGY_TABLES and config["cosmic"]["representation"] == "fm":

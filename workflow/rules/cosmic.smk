@@ -38,8 +38,6 @@ rule cosmic:
         cosmic=config["cosmic"],
         truth=DEMO_DIR if DEMO else None,
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
-        first_image=next(
-            (path for images in IMAGES.values() for path in images.values()), None
-        ),
+        first_image=FIRST_IMAGE,
     script:
         "../scripts/cosmic_model.py"

@@ -1104,9 +1104,8 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
         confusion.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     _write_predictions(predictions_path, test_a, genes, P, pre, params, decode_images, split)
     if figures_dir is not None:
-        _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table,
-                 real_crops=_real_crops(test_a, crops, min(FIGURE_NUCLEI, test_a.n_obs), dna_channel),
-                 dna_channel=dna_channel)
+        _figures(Path(figures_dir), genes, gene_r2, results, decode_images, P, pre, table, test_a, crops,
+                 dna_channel)
         _confusion_figure(Path(figures_dir), confusion, transfer)
     results["seconds_total"] = time.time() - t0
     write_json(metrics_path, results)
@@ -1389,7 +1388,8 @@ def _real_crops(test_a, crops: Mapping[str, Any] | None, n: int, dna_channel: in
     return np.stack(out)
 
 
-def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table, real_crops=None, dna_channel=0):
+def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table, test_a=None, crops=None,
+             dna_channel=0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1451,6 +1451,7 @@ def _figures(outdir: Path, genes, gene_r2, results, decode_images, P, pre, table
                 ("generated from RNA\n(mean)", decoded(P["rep_mean"]))]
         rows += [(f"generated from RNA\n(sample {i + 1})", decoded(P["rep_samples"][i]))
                  for i in range(min(2, len(P["rep_samples"])))]
+        real_crops = _real_crops(test_a, crops, n, dna_channel) if test_a is not None else None
         if real_crops is not None:
             rows.insert(0, ("real nucleus", real_crops[:n]))
         fig, axes = plt.subplots(len(rows), n, figsize=(1.4 * n, 1.45 * len(rows) + 0.5), squeeze=False)
