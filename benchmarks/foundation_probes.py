@@ -5,7 +5,7 @@ the same thread settings, embeds every crop and prints the held-out linear-probe
 for the demo's true cell type, cell-cycle phase and treatment, beside the region-property
 features (``morph_*`` columns of nuclei.parquet) and a randomly initialised encoder of the
 same architecture, exactly as the ``foundation_evaluation`` rule computes them
-(:func:`cosmic.truth.annotate_nuclei`, :func:`cosmic.truth.probe_representations`; probe
+(:func:`cosmic.truth.nuclei.annotate_nuclei`, :func:`cosmic.truth.nuclei.probe_representations`; probe
 split seed 0 as in the workflow, and the mean over ``--seeds`` splits), plus training wall
 time and how collapsed the embedding is (standardised PCs holding 90% of the variance).
 
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 from cosmic import foundation as fm  # noqa: E402
-from cosmic import truth  # noqa: E402
+from cosmic.truth import nuclei as truth  # noqa: E402
 from cosmic.nuclei import feature_columns  # noqa: E402
 
 OLD_AUGMENT = dict(scale=0.1, gain_sd=0.1, offset_sd=0.02, shift=0.0, noise_sd=0.0)

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from cosmic import config as cosmic_config
 from cosmic import demo as cosmic_demo
+from cosmic import layout
 from cosmic.errors import CosmicInputError
 
 
@@ -200,19 +201,16 @@ REPORTS = ["qc", "cosmic", "cell_cycle", "drug_response"]
 if not MORPHOLOGY_TABLES:
     REPORTS.insert(1, "foundation")
 
-CELL_CYCLE_FIGURES = [
-    "score_plane",
-    "dna_content",
-    "area_along_cycle",
-    "phase_confusion",
-    "nuclei_along_cycle",
-]
-DRUG_RESPONSE_FIGURES = [
-    "volcano",
-    "morphology_effects",
-    "classifier_auc",
-    "morphology_associated_genes",
-]
+CELL_CYCLE_FIGURES = list(layout.CELL_CYCLE_FIGURES)
+DRUG_RESPONSE_FIGURES = list(layout.DRUG_RESPONSE_FIGURES)
+
+# COSMIC renders nuclei generated from RNA when it models the foundation embedding (images route).
+COSMIC_DECODES_IMAGES = (
+    config["cosmic"]["representation"] != "morph" and not MORPHOLOGY_TABLES
+)
+GENERATED_IMAGES = (
+    f"{RESULTS}/cosmic/{layout.GENERATED_IMAGES}" if COSMIC_DECODES_IMAGES else None
+)
 
 
 def crops_inputs(wildcards=None):

@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 from cosmic.cell_cycle import run_cell_cycle
 from cosmic.imageio import crop_banks_by_sample, crop_dna_channel

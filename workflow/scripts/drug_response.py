@@ -1,11 +1,11 @@
 """Rule `drug_response`: treated vs control and resistant vs responsive cells in both modalities."""
 
-import logging
 import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 from cosmic.drug_response import run_drug_response
 

@@ -2,17 +2,20 @@
 
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 import numpy as np
 import pandas as pd
 
-from cosmic import foundation, truth
+from cosmic import foundation
+from cosmic.truth.nuclei import annotate_nuclei, probe_representations
 from cosmic.nuclei import feature_columns
 from cosmic.pairing import write_table
 
 tables = pd.concat([pd.read_parquet(p) for p in snakemake.input.tables], ignore_index=True)
-annotated = truth.annotate_nuclei(
+annotated = annotate_nuclei(
     tables,
     list(zip(snakemake.input.masks, snakemake.input.truth_masks)),
     pd.read_csv(snakemake.input.truth, sep="\t", dtype={"barcode": str}),
@@ -26,7 +29,7 @@ representations = {
     ),
 }
 # Mean of 3 random splits: one 30 % split of ~2,000 nuclei has a standard error of ~0.02.
-probes = truth.probe_representations(annotated, representations, seed=snakemake.params.seed, n_splits=3)
+probes = probe_representations(annotated, representations, seed=snakemake.params.seed, n_splits=3)
 write_table(probes, snakemake.output.probes)
 print(probes.to_string(), file=sys.stderr)
 

@@ -1,10 +1,10 @@
 """Rule `pair`: join one sample's RNA cells to their nuclei (or to its morphology table)."""
 
-import logging
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
-logging.captureWarnings(True)
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 import anndata as ad
 import numpy as np

@@ -2,17 +2,20 @@
 
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 import anndata as ad
 import pandas as pd
 
-from cosmic import pairing
+from cosmic.pairing import write_table
+from cosmic.truth.pairing import pairing_accuracy
 
-accuracy = pairing.pairing_accuracy(
+accuracy = pairing_accuracy(
     ad.read_h5ad(snakemake.input.cohort).obs,
     pd.read_csv(snakemake.input.truth, sep="\t", dtype={"barcode": str}),
     list(zip(snakemake.input.masks, snakemake.input.truth_masks)),
 )
-pairing.write_table(accuracy, snakemake.output[0])
+write_table(accuracy, snakemake.output[0])
 print(accuracy.to_string(), file=sys.stderr)

@@ -7,7 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 outdir = Path(snakemake.output.model).parent
 n_gpus = int(snakemake.resources.get("gpu", 0) or 0)

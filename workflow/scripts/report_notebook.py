@@ -4,7 +4,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 import papermill
 

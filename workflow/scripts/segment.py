@@ -2,7 +2,9 @@
 
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from cosmic.logs import log_to_file
+
+log_to_file(snakemake.log[0])
 
 from cosmic.segmentation import segment_image_file
 

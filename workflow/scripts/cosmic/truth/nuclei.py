@@ -1,14 +1,11 @@
-"""Join workflow outputs to the demo generator's ground truth (for scoring only)."""
+"""Segmented nuclei annotated with their true state; linear probes of the foundation embedding."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import tifffile
 
-from .pairing import majority_true_label
+from .masks import true_label_lookup
 
 
 def annotate_nuclei(nuclei: pd.DataFrame, mask_pairs, truth: pd.DataFrame) -> pd.DataFrame:
@@ -18,11 +15,7 @@ def annotate_nuclei(nuclei: pd.DataFrame, mask_pairs, truth: pd.DataFrame) -> pd
     ``segmentation/<sample>/<image>.mask.tif``. Nuclei that cover mostly background (debris,
     micronuclei) get ``true_label`` 0 and missing truth columns.
     """
-    lookup = {}
-    for pred_path, true_path in mask_pairs:
-        pred_path = Path(pred_path)
-        key = (pred_path.parent.name, pred_path.name.removesuffix(".mask.tif"))
-        lookup[key] = majority_true_label(tifffile.imread(pred_path), tifffile.imread(true_path))
+    lookup = true_label_lookup(mask_pairs)
     out = nuclei.copy()
     out["true_label"] = [
         lookup.get((str(s), str(i)), {}).get(int(label), 0)
