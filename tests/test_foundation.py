@@ -18,6 +18,7 @@ import torch
 
 from cosmic import foundation as fm
 from cosmic.errors import CosmicInputError
+from cosmic.foundation import nets as fm_nets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,10 +168,10 @@ def test_augment_keeps_shape_and_is_seeded():
 
 
 def test_center_pool_reads_the_central_window():
-    w = fm._pool_weights("center", 8).reshape(8, 8)
+    w = fm_nets._pool_weights("center", 8).reshape(8, 8)
     assert torch.isclose(w.sum(), torch.tensor(1.0)) and (w[2:6, 2:6] > 0).all() and w[:2].eq(0).all()
-    assert torch.allclose(fm._pool_weights("mean", 4), torch.full((16,), 1 / 16))
-    assert (fm._pool_weights("center", 3).reshape(3, 3) > 0).sum() == 4  # ceil(3/2)^2 tokens
+    assert torch.allclose(fm_nets._pool_weights("mean", 4), torch.full((16,), 1 / 16))
+    assert (fm_nets._pool_weights("center", 3).reshape(3, 3) > 0).sum() == 4  # ceil(3/2)^2 tokens
     m = fm.build_model(fm.FoundationParams(**TINY, pool="center"), 2, 16).eval()
     x = torch.rand(3, 2, 16, 16)
     with torch.no_grad():

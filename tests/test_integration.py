@@ -62,6 +62,40 @@ def test_rerun_is_a_no_op(finished_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+# Files that must survive a failed or interrupted job, so they are deliberately not rule outputs
+# (Snakemake deletes a failed job's outputs): the foundation model's resume state, its training log
+# and the feature targets it streams from (rebuilt when missing).
+RESUME_STATE = {
+    "results/models/foundation/last.pt",
+    "results/models/foundation/train_log.tsv",
+    "results/models/foundation/feature_targets.npy",
+}
+
+
+def declared_files(workdir) -> set[str]:
+    """Every output and log path of every job, as a forced dry run lists them."""
+    dry = run_snakemake("-n", "-F", "--configfile", REPO / ".test/config/config.yaml", "--directory", workdir)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    declared = set()
+    for line in dry.stdout.splitlines():
+        line = line.strip()
+        for field in ("output: ", "log: "):
+            if line.startswith(field):
+                declared.update(path.strip() for path in line[len(field):].split(","))
+    return declared
+
+
+def test_every_file_a_rule_writes_is_declared(finished_run):
+    """Nothing under results/ is written behind Snakemake's back (it could not rerun or clean it)."""
+    results, _ = finished_run
+    workdir = results.parent
+    declared = declared_files(workdir)
+    folders = tuple(f"{path}/" for path in declared)  # directory() outputs
+    on_disk = {str(p.relative_to(workdir)) for p in results.rglob("*") if p.is_file()}
+    undeclared = sorted(p for p in on_disk - declared - RESUME_STATE if not p.startswith(folders))
+    assert not undeclared, f"written by a rule but declared by none: {undeclared}"
+
+
 def job_counts(output: str) -> dict[str, int]:
     stats = output.split("Job stats:")[1].split("\n\n")[0]
     return {line.split()[0]: int(line.split()[1]) for line in stats.strip().splitlines()[2:]}
@@ -161,7 +195,7 @@ def test_cosmic_reports_held_out_metrics_with_baselines(finished_run):
 
 def test_workflow_dna_content_doubles_from_g1_to_g2(finished_run):
     """The nuclei stage's integrated DNA intensity of true G2 nuclei is about twice that of G1."""
-    from cosmic.truth import annotate_nuclei
+    from cosmic.truth.nuclei import annotate_nuclei
 
     results, _ = finished_run
     tables = pd.concat([pd.read_parquet(p) for p in sorted((results / "nuclei").glob("*/nuclei.parquet"))])

@@ -7,6 +7,7 @@ the files a sample sheet points at (so a missing file stops the run before any j
 
 from __future__ import annotations
 
+import functools
 import glob
 from pathlib import Path
 
@@ -16,6 +17,36 @@ import pandas as pd
 from .errors import CosmicInputError
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def config_schema() -> dict:
+    """The configuration schema: the one source of every key's type, range and default."""
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def check_against_schema(params, block: str) -> None:
+    """Check a parameter dataclass's values against the schema's ranges for config block ``block``.
+
+    Used by dataclasses built outside Snakemake (tests, notebooks, benchmarks), so the schema's
+    ranges apply there too without a hand-written copy.
+    """
+    import dataclasses
+
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    values = {f.name: plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
+    block_schema = config_schema()["properties"][block]
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(block_schema).iter_errors(values))
+    if error is not None:
+        raise CosmicInputError(f"config '{block}': key '{_key_path(error)}': {_message(error)}. "
+                               f"Allowed: {_allowed(error)}. See config/README.md.")
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:

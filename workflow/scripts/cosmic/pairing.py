@@ -44,6 +44,11 @@ class PairingParams:
     qc_pass_only: bool = False  # pair only nuclei that passed the imaging QC flags
     split_merged_nuclei: bool = True  # segmentation splits nuclei holding several recorded positions
 
+    def __post_init__(self):
+        from .config import check_against_schema
+
+        check_against_schema(self, "pairing")
+
     @classmethod
     def from_config(cls, block: dict | None) -> "PairingParams":
         from .config import params_from_config

@@ -37,7 +37,7 @@ def probe_representations(annotated: pd.DataFrame, representations: dict, seed: 
     ``annotated`` comes from :func:`annotate_nuclei` (rows aligned with the representations);
     nuclei without a true match (debris, micronuclei) are left out.
     """
-    from .foundation import evaluate_representations
+    from ..foundation import evaluate_representations
 
     keep = (annotated["true_label"] > 0).to_numpy() & annotated["cell_type"].notna().to_numpy()
     labels = {t: annotated.loc[keep, t].astype(str).to_numpy() for t in PROBE_TARGETS if t in annotated}
