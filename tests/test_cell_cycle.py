@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cell_cycle_validation import validate_buettner, validate_peco_fucci
 from conftest import REPO, shared_dataset
 
 from cosmic import cell_cycle as cc
@@ -233,7 +234,7 @@ def test_run_cell_cycle_writes_every_output(tmp_path):
     cohort, pred, crops, truth = synthetic_cohort(tmp_path)
     out = tmp_path / "analysis" / "cell_cycle"
     summary = cc.run_cell_cycle(cohort, pred, out, params={"seed": 0, "n_position_bins": 6}, truth_dir=truth,
-                                crops=crops)
+                                crops=crops, generated_images=pred.with_name("predictions_generated_images.npy"))
     for name in EXPECTED:
         assert (out / name).exists() and (out / name).stat().st_size > 0, name
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -268,6 +269,18 @@ def test_run_cell_cycle_without_images_or_generated(tmp_path):
         assert (out2 / name).exists(), name
 
 
+def test_run_cell_cycle_reads_generated_images_only_when_given(tmp_path):
+    """Generated images come from the rule's declared input, never from a file found next to the
+    predictions; and the stage writes exactly the files the rule declares."""
+    cohort, pred, crops, _ = synthetic_cohort(tmp_path, n=120)
+    assert pred.with_name("predictions_generated_images.npy").exists()
+    out = tmp_path / "analysis" / "cell_cycle"
+    summary = cc.run_cell_cycle(cohort, pred, out, params={}, crops=crops)
+    assert summary["nuclei_strip"]["source"] == "observed"
+    written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    assert written == sorted(EXPECTED)
+
+
 def test_rule_script_contract(tmp_path):
     """workflow/scripts/cell_cycle.py reads snakemake.input/output/params/log as the rule gives them."""
     try:
@@ -281,12 +294,14 @@ def test_rule_script_contract(tmp_path):
     samples = list(crops)
     snk = types.SimpleNamespace(
         input=Namedlist(fromdict={"cohort": str(cohort), "predictions": str(pred),
+                                  "generated_images": str(pred.with_name("predictions_generated_images.npy")),
                                   "crops": [crops[s] for s in samples], "truth": str(truth / "ground_truth.tsv")}),
         output=Namedlist(fromdict={"summary": str(out / "summary.json"), "cells": str(out / "cells.tsv"),
-                                   "confusion": str(out / "confusion.tsv"), "figures": figures}),
-        params=Namedlist(fromdict={"cell_cycle": {"seed": 1}, "samples": samples, "truth": str(truth)}),
+                                   "confusion": str(out / "confusion.tsv"), "figures": figures,
+                                   "captions": [f.replace(".png", ".txt") for f in figures]}),
+        params=Namedlist(fromdict={"cell_cycle": {"seed": 1}, "samples": samples, "truth": str(truth),
+                                   "dna_channel": 0}),
         log=Namedlist(toclone=[str(tmp_path / "cell_cycle.log")]),
-        config={"imaging": {"dna_channel": 0}},
     )
     import sys
 
@@ -306,7 +321,7 @@ def test_rule_script_contract(tmp_path):
 # ---------------------------------------------------------------------------------------
 # real labelled data (measured values; tolerance 0.05)
 def test_peco_fucci_position_tracks_fucci_angle():
-    res = cc.validate_peco_fucci(shared_dataset("peco_fucci/sce_top101genes.h5ad"))
+    res = validate_peco_fucci(shared_dataset("peco_fucci/sce_top101genes.h5ad"))
     assert res["n_cells"] == 888 and res["n_s_genes"] == 11 and res["n_g2m_genes"] == 24
     # measured: offset-free agreement 0.400, Fisher-Lee 0.111, oriented along the FUCCI angle
     assert res["circular_agreement"] >= 0.35
@@ -321,7 +336,7 @@ def test_peco_fucci_position_tracks_fucci_angle():
 
 
 def test_buettner_phase_accuracy_improves_on_tirosh():
-    res = cc.validate_buettner(shared_dataset("cellcycle_gt/buettner2015_mesc_cellcycle.h5ad"))
+    res = validate_buettner(shared_dataset("cellcycle_gt/buettner2015_mesc_cellcycle.h5ad"))
     assert res["n_cells"] == 182 and res["n_s_genes"] == 13 and res["n_g2m_genes"] == 29
     # measured: Tirosh (scanpy) 0.473, label-free calls from the position 0.687
     assert res["accuracy_tirosh"] == pytest.approx(0.473, abs=0.05)

@@ -6,6 +6,7 @@ rule cell_cycle:
     input:
         cohort=f"{RESULTS}/paired/cohort.h5ad",
         predictions=f"{RESULTS}/cosmic/predictions.h5ad",
+        generated_images=GENERATED_IMAGES or [],
         crops=crops_inputs,
         truth=f"{DEMO_DIR}/ground_truth.tsv" if DEMO else [],
     output:
@@ -20,6 +21,10 @@ rule cell_cycle:
             caption="../report/cell_cycle.rst",
             category="Cell cycle",
         ),
+        captions=expand(
+            f"{RESULTS}/analysis/cell_cycle/figures/{{figure}}.txt",
+            figure=CELL_CYCLE_FIGURES,
+        ),
     log:
         f"{RESULTS}/logs/cell_cycle.log",
     conda:
@@ -31,5 +36,6 @@ rule cell_cycle:
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
         truth=lambda wildcards, input: (str(Path(input.truth).parent) if DEMO else None),
         first_image=FIRST_IMAGE,
+        dna_channel=config["imaging"]["dna_channel"],
     script:
         "../scripts/cell_cycle.py"

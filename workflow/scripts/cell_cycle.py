@@ -16,8 +16,9 @@ crops = crop_banks_by_sample(crop_paths, samples)
 if crop_paths and crops is None:
     print(f"cell_cycle: {len(crop_paths)} crop banks for {len(samples)} samples; not using crops", file=sys.stderr)
 
-dna_channel = crop_dna_channel(snakemake.config.get("imaging", {}).get("dna_channel", 0),
-                               snakemake.params.get("first_image"))
+# declared by the rule only when COSMIC renders nuclei (an empty input otherwise)
+generated_images = snakemake.input.get("generated_images") or None
+dna_channel = crop_dna_channel(snakemake.params.dna_channel, snakemake.params.get("first_image"))
 
 summary = run_cell_cycle(
     snakemake.input.cohort,
@@ -26,6 +27,7 @@ summary = run_cell_cycle(
     params=snakemake.params.cell_cycle,
     truth_dir=snakemake.params.get("truth"),
     crops=crops,
+    generated_images=generated_images,
     dna_channel=dna_channel,
 )
 print({k: summary[k] for k in ("n_cells", "samples", "nuclei_strip")}, file=sys.stderr)
