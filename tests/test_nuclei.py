@@ -15,7 +15,7 @@ from cosmic.nuclei import (
     feature_columns,
     measure_nuclei,
 )
-from cosmic.segmentation_quality import make_synthetic_nuclei
+from synthetic_nuclei import make_synthetic_nuclei
 
 
 def _two_nuclei(ratio=2.0, bg=200.0, seed=0):

@@ -10,7 +10,8 @@ import tifffile
 
 from cosmic.errors import CosmicInputError
 from cosmic.segmentation import SegmentationParams, segment_image_file, segment_nuclei
-from cosmic.segmentation_quality import make_synthetic_nuclei, match_instances
+from cosmic.segmentation_quality import match_instances
+from synthetic_nuclei import make_synthetic_nuclei
 
 GT_DIR = Path(__file__).resolve().parents[2] / "shared/data/nuclei_gt"
 

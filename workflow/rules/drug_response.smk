@@ -22,6 +22,10 @@ rule drug_response:
             caption="../report/drug_response.rst",
             category="Drug response",
         ),
+        captions=expand(
+            f"{RESULTS}/analysis/drug_response/figures/{{figure}}.txt",
+            figure=DRUG_RESPONSE_FIGURES,
+        ),
     log:
         f"{RESULTS}/logs/drug_response.log",
     conda:

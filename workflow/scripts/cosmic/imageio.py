@@ -152,6 +152,103 @@ def project_z(stack_zcyx: np.ndarray, method: str, dna_index: int) -> np.ndarray
     raise ValueError(f"unknown z_projection '{method}'")
 
 
+def _check_request(path, z_projection: str, where: str) -> Path:
+    """The image path, once the projection is known and the path is a non-empty file."""
+    if z_projection not in Z_PROJECTIONS:
+        raise CosmicInputError(
+            f"{where}: unknown z_projection '{z_projection}'; use one of {', '.join(Z_PROJECTIONS)}"
+        )
+    p = Path(path)
+    if not p.exists():
+        raise CosmicInputError(
+            f"{where}: image file not found; check the image path/folder in the sample sheet"
+        )
+    if p.is_dir():
+        raise CosmicInputError(f"{where}: is a directory, expected a TIFF file")
+    if p.stat().st_size == 0:
+        raise CosmicInputError(f"{where}: file is empty (0 bytes); re-copy or re-export the image")
+    return p
+
+
+def _read_tiff(p: Path, where: str) -> tuple[np.ndarray, str, list[str] | None]:
+    """Pixels, axis letters and OME channel names (or None) of the file's first series."""
+    try:
+        with tifffile.TiffFile(p) as tif:
+            if not tif.series:
+                raise ValueError("no image series in file")
+            series = tif.series[0]
+            _check_truncated(tif, p)
+            data = series.asarray()
+            file_axes = series.axes
+            names = _ome_channel_names(tif)
+    except CosmicInputError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, struct.error...)
+        raise CosmicInputError(
+            f"{where}: not a readable TIFF (corrupt or truncated?): {type(exc).__name__}: {exc}. "
+            "Re-copy the file or re-export it as TIFF/OME-TIFF"
+        ) from exc
+    return data, file_axes, names
+
+
+def _check_pixels(data: np.ndarray, file_axes: str, where: str) -> None:
+    """Raise for empty images, non-numeric pixel types and too many dimensions."""
+    if data.size == 0:
+        raise CosmicInputError(f"{where}: image is empty (shape {data.shape}); re-export the image")
+    if data.dtype.kind == "c" or data.dtype.kind not in "buif":
+        raise CosmicInputError(
+            f"{where}: unsupported pixel type {data.dtype}; expected uint8/uint16/int/float"
+        )
+    if data.ndim < 2 or (data.ndim > 4 and sum(n > 1 for n in data.shape) > 4):
+        raise CosmicInputError(
+            f"{where}: unexpected number of dimensions {data.ndim} (shape {data.shape}, axes "
+            f"'{file_axes}'); expected a 2-D image (YX), a multi-channel image (CYX/YXC) or a "
+            "z-stack (ZYX/ZCYX/CZYX). Time series must be split into one file per time point"
+        )
+
+
+def _to_zcyx(data: np.ndarray, axes: str, where: str) -> tuple[np.ndarray, str]:
+    """Transpose to Z x C x Y x X (adding missing Z and C axes); also return the resolved axes."""
+    try:
+        data, ax = _normalise_axes(data, axes)
+        if "T" in ax:
+            raise ValueError("time series are not supported; write one file per time point")
+        order = [a for a in "ZCYX" if a in ax]
+        data = np.transpose(data, [ax.index(a) for a in order])
+        if "C" not in order:
+            data = data[..., np.newaxis, :, :] if "Z" in order else data[np.newaxis]
+        if "Z" not in order:
+            data = data[np.newaxis]
+    except ValueError as exc:
+        raise CosmicInputError(
+            f"{where}: unexpected number of dimensions or axis order ({exc}); expected YX, CYX, "
+            "YXC, ZYX, ZCYX or CZYX. Pass the axis letters explicitly (axes=...) or save as OME-TIFF"
+        ) from exc
+    return data, ax
+
+
+def _channel_names(names: list[str] | None, n_channels: int) -> list[str]:
+    """The file's channel names, ``ch<i>`` where they are missing or do not match the channels."""
+    if not names or len(names) != n_channels:
+        names = [f"ch{i}" for i in range(n_channels)]
+    return [str(n) if n else f"ch{i}" for i, n in enumerate(names)]
+
+
+def _check_dna(dna: np.ndarray, name: str, where: str) -> None:
+    """Raise when the DNA channel has non-finite pixels or is constant."""
+    if not np.all(np.isfinite(dna)):
+        raise CosmicInputError(
+            f"{where}: DNA channel '{name}' has {int((~np.isfinite(dna)).sum())} "
+            "NaN/inf pixels; fix or re-export the image"
+        )
+    lo, hi = float(dna.min()), float(dna.max())
+    if lo == hi:
+        raise CosmicInputError(
+            f"{where}: DNA channel '{name}' is constant (every pixel = {lo:g}); the "
+            "image is blank or saturated. Check the acquisition, the file, or dna_channel"
+        )
+
+
 def read_image(
     path,
     dna_channel: int | str = 0,
@@ -171,86 +268,18 @@ def read_image(
     axes : axis letters (e.g. ``"ZCYX"``) overriding metadata and guessing.
     """
     where = describe(path, sample)
-    if z_projection not in Z_PROJECTIONS:
-        raise CosmicInputError(
-            f"{where}: unknown z_projection '{z_projection}'; use one of {', '.join(Z_PROJECTIONS)}"
-        )
-    p = Path(path)
-    if not p.exists():
-        raise CosmicInputError(
-            f"{where}: image file not found; check the image path/folder in the sample sheet"
-        )
-    if p.is_dir():
-        raise CosmicInputError(f"{where}: is a directory, expected a TIFF file")
-    if p.stat().st_size == 0:
-        raise CosmicInputError(f"{where}: file is empty (0 bytes); re-copy or re-export the image")
-    try:
-        with tifffile.TiffFile(p) as tif:
-            if not tif.series:
-                raise ValueError("no image series in file")
-            series = tif.series[0]
-            _check_truncated(tif, p)
-            data = series.asarray()
-            file_axes = series.axes
-            names = _ome_channel_names(tif)
-    except CosmicInputError:
-        raise
-    except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, struct.error...)
-        raise CosmicInputError(
-            f"{where}: not a readable TIFF (corrupt or truncated?): {type(exc).__name__}: {exc}. "
-            "Re-copy the file or re-export it as TIFF/OME-TIFF"
-        ) from exc
-
-    if data.size == 0:
-        raise CosmicInputError(f"{where}: image is empty (shape {data.shape}); re-export the image")
-    if data.dtype.kind == "c" or data.dtype.kind not in "buif":
-        raise CosmicInputError(
-            f"{where}: unsupported pixel type {data.dtype}; expected uint8/uint16/int/float"
-        )
-    if data.ndim < 2 or (data.ndim > 4 and sum(n > 1 for n in data.shape) > 4):
-        raise CosmicInputError(
-            f"{where}: unexpected number of dimensions {data.ndim} (shape {data.shape}, axes "
-            f"'{file_axes}'); expected a 2-D image (YX), a multi-channel image (CYX/YXC) or a "
-            "z-stack (ZYX/ZCYX/CZYX). Time series must be split into one file per time point"
-        )
-    try:
-        data, ax = _normalise_axes(data, axes or file_axes)
-        if "T" in ax:
-            raise ValueError("time series are not supported; write one file per time point")
-        order = [a for a in "ZCYX" if a in ax]
-        data = np.transpose(data, [ax.index(a) for a in order])
-        if "C" not in order:
-            data = data[..., np.newaxis, :, :] if "Z" in order else data[np.newaxis]
-        if "Z" not in order:
-            data = data[np.newaxis]
-    except ValueError as exc:
-        raise CosmicInputError(
-            f"{where}: unexpected number of dimensions or axis order ({exc}); expected YX, CYX, "
-            "YXC, ZYX, ZCYX or CZYX. Pass the axis letters explicitly (axes=...) or save as OME-TIFF"
-        ) from exc
-    # data is now Z x C x Y x X
-    n_c = data.shape[1]
-    if not names or len(names) != n_c:
-        names = [f"ch{i}" for i in range(n_c)]
-    names = [str(n) if n else f"ch{i}" for i, n in enumerate(names)]
+    p = _check_request(path, z_projection, where)
+    data, file_axes, names = _read_tiff(p, where)
+    _check_pixels(data, file_axes, where)
+    data, ax = _to_zcyx(data, axes or file_axes, where)
+    names = _channel_names(names, data.shape[1])
     dna_index = resolve_channel(dna_channel, names, where)
 
     if data.shape[-1] == 0 or data.shape[-2] == 0:
         raise CosmicInputError(f"{where}: image is empty (shape {data.shape})")
     pixels = project_z(data, z_projection, dna_index).astype(np.float32, copy=False)
     pixels = np.ascontiguousarray(pixels)
-    dna = pixels[dna_index]
-    if not np.all(np.isfinite(dna)):
-        raise CosmicInputError(
-            f"{where}: DNA channel '{names[dna_index]}' has {int((~np.isfinite(dna)).sum())} "
-            "NaN/inf pixels; fix or re-export the image"
-        )
-    lo, hi = float(dna.min()), float(dna.max())
-    if lo == hi:
-        raise CosmicInputError(
-            f"{where}: DNA channel '{names[dna_index]}' is constant (every pixel = {lo:g}); the "
-            "image is blank or saturated. Check the acquisition, the file, or dna_channel"
-        )
+    _check_dna(pixels[dna_index], names[dna_index], where)
     return ImageData(
         pixels=pixels, channel_names=names, dna_index=dna_index, path=str(path), source_axes=ax
     )

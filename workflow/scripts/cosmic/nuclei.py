@@ -238,6 +238,109 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("morph_")]
 
 
+def _checked_labels(labels, pixels: np.ndarray, image_name: str, sample) -> np.ndarray:
+    """The label image, once it matches the image's shape and holds integers."""
+    labels = np.asarray(labels)
+    if labels.shape != pixels.shape[1:]:
+        raise CosmicInputError(
+            f"{describe(image_name, sample)}: mask shape {labels.shape} does not match image shape "
+            f"{pixels.shape[1:]}; the mask was made from another image, re-run segmentation"
+        )
+    if labels.dtype.kind not in "iub":
+        raise CosmicInputError(f"{describe(image_name, sample)}: mask must hold integer labels, got {labels.dtype}")
+    return labels
+
+
+def _dna_distribution(v: np.ndarray, m: np.ndarray, out: np.ndarray, n_q: int) -> None:
+    """Fill ``out`` with one nucleus's DNA statistics: SD, skewness, excess kurtosis, CV, quantiles and
+    the share of (positive) signal in :data:`N_RADIAL` shells, centre -> edge.
+
+    ``v``: background-subtracted DNA values of the pixels of mask ``m`` (its bounding box).
+    """
+    mean = v.mean()
+    dev = v - mean
+    m2 = float(np.dot(dev, dev)) / v.size
+    sd = math.sqrt(m2)
+    out[0] = sd
+    if v.size > 2 and m2 > 0:  # population skewness and excess kurtosis
+        dev2 = dev * dev
+        out[1] = float(np.dot(dev2, dev)) / v.size / m2**1.5
+        out[2] = float(np.dot(dev2, dev2)) / v.size / m2**2 - 3.0
+    out[3] = sd / mean if mean > 0 else 0.0
+    out[4:4 + n_q] = np.percentile(v, [10, 50, 90])
+    # radial distribution: share of (positive) DNA signal in 4 shells, centre -> edge
+    depth = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1][m]
+    shell = np.minimum(((1 - (depth - 1) / max(depth.max(), 1.0)) * N_RADIAL).astype(int), N_RADIAL - 1)
+    w = np.clip(v, 0, None)
+    tot = w.sum()
+    if tot > 0:
+        out[4 + n_q:] = np.bincount(shell, weights=w, minlength=N_RADIAL)[:N_RADIAL] / tot
+
+
+def _per_nucleus_features(labels: np.ndarray, dna: np.ndarray, lab: np.ndarray, bg: np.ndarray,
+                          params: NucleiParams, n_q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-nucleus loop: DNA distribution (see :func:`_dna_distribution`) and GLCM texture."""
+    extra = np.zeros((lab.size, 4 + n_q + N_RADIAL))
+    tex = np.zeros((lab.size, len(params.texture_distances), len(TEXTURE_PROPS)))
+    slices = ndi.find_objects(labels)
+    for r, L in enumerate(lab):
+        sl = slices[L - 1]
+        m = labels[sl] == L
+        crop = dna[sl]
+        _dna_distribution(crop[m].astype(np.float64) - bg[r], m, extra[r], n_q)
+        tex[r] = _texture(crop, m, params.texture_levels, params.texture_distances)
+    return extra, tex
+
+
+def _qc_flags(props: dict, area: np.ndarray, dna_mean: np.ndarray, shape: tuple[int, int], min_area: float,
+              max_area: float, min_dna: float) -> dict[str, np.ndarray]:
+    """The ``qc_*`` columns: touching the border, too small or large, too faint, and all passed."""
+    H, W = shape
+    y0, x0, y1, x1 = (props[f"bbox-{i}"].astype(np.int64) for i in range(4))
+    qc_border = (y0 == 0) | (x0 == 0) | (y1 == H) | (x1 == W)
+    qc_small = area < min_area
+    qc_large = area > max_area
+    qc_low = dna_mean < min_dna
+    return {
+        "qc_border": qc_border, "qc_too_small": qc_small, "qc_too_large": qc_large,
+        "qc_low_contrast": qc_low,
+        "qc_pass": ~(qc_border | qc_small | qc_large | qc_low),
+    }
+
+
+def _morphology_features(props: dict, area: np.ndarray, dna_mean: np.ndarray, extra: np.ndarray,
+                         tex: np.ndarray, params: NucleiParams, n_q: int) -> dict[str, np.ndarray]:
+    """The ``morph_*`` columns of the DNA channel: shape, intensity distribution, radial profile, texture."""
+    perim = props["perimeter"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        form = np.where(perim > 0, 4 * math.pi * area / perim**2, 1.0)
+    cols = {
+        "morph_area": area,
+        "morph_perimeter": perim,
+        "morph_eccentricity": props["eccentricity"].astype(np.float64),
+        "morph_solidity": props["solidity"].astype(np.float64),
+        "morph_extent": props["extent"].astype(np.float64),
+        "morph_major_axis_length": props["axis_major_length"].astype(np.float64),
+        "morph_minor_axis_length": props["axis_minor_length"].astype(np.float64),
+        "morph_form_factor": form,
+        "morph_dna_integrated": dna_mean * area,
+        "morph_dna_mean": dna_mean,
+        "morph_dna_std": extra[:, 0],
+        "morph_dna_skewness": extra[:, 1],
+        "morph_dna_kurtosis": extra[:, 2],
+        "morph_dna_cv": extra[:, 3],
+        "morph_dna_q10": extra[:, 4],
+        "morph_dna_q50": extra[:, 5],
+        "morph_dna_q90": extra[:, 6],
+    }
+    for k in range(N_RADIAL):
+        cols[f"morph_dna_radial_{k + 1}"] = extra[:, 4 + n_q + k]
+    for i, d in enumerate(params.texture_distances):
+        for j, prop in enumerate(TEXTURE_PROPS):
+            cols[f"morph_texture_{prop}_d{d}"] = tex[:, i, j]
+    return cols
+
+
 def measure_nuclei(
     labels: np.ndarray,
     image,
@@ -256,15 +359,8 @@ def measure_nuclei(
     """
     if not isinstance(params, NucleiParams):
         params = NucleiParams.from_config(params)
-    labels = np.asarray(labels)
     pixels, names, dna_index = _as_image(image)
-    if labels.shape != pixels.shape[1:]:
-        raise CosmicInputError(
-            f"{describe(image_name, sample)}: mask shape {labels.shape} does not match image shape "
-            f"{pixels.shape[1:]}; the mask was made from another image, re-run segmentation"
-        )
-    if labels.dtype.kind not in "iub":
-        raise CosmicInputError(f"{describe(image_name, sample)}: mask must hold integer labels, got {labels.dtype}")
+    labels = _checked_labels(labels, pixels, image_name, sample)
     if labels.size == 0 or not labels.any():
         return _empty_table(names, dna_index, params)
     labels = labels.astype(np.int32, copy=False)
@@ -278,7 +374,6 @@ def measure_nuclei(
     )
     lab = props["label"].astype(np.int64)
     n_rows = lab.size
-    n_max = int(labels.max())
     area = props["area"].astype(np.float64)
     if nucleus_diameter is None:
         nucleus_diameter = math.sqrt(4 * float(np.median(area)) / math.pi)
@@ -286,46 +381,11 @@ def measure_nuclei(
     min_area = params.qc_min_area if params.qc_min_area is not None else 0.25 * disk
     max_area = params.qc_max_area if params.qc_max_area is not None else 4.0 * disk
     ring = params.background_ring_width or max(4.0, nucleus_diameter / 2)
-    bg_all, _, noise = _local_background(dna, labels, n_max, ring)
+    bg_all, _, noise = _local_background(dna, labels, int(labels.max()), ring)
     bg = bg_all[lab]
-
-    perim = props["perimeter"].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        form = np.where(perim > 0, 4 * math.pi * area / perim**2, 1.0)
-    H, W = labels.shape
-    y0, x0, y1, x1 = (props[f"bbox-{i}"].astype(np.int64) for i in range(4))
-    dna_mean_raw = props[f"intensity_mean-{dna_index}"].astype(np.float64)
-    dna_mean = dna_mean_raw - bg
-
-    # per-nucleus loop: intensity distribution, radial profile, texture
-    n_q = 3
-    extra = np.zeros((n_rows, 4 + n_q + N_RADIAL))
-    tex = np.zeros((n_rows, len(params.texture_distances), len(TEXTURE_PROPS)))
-    slices = ndi.find_objects(labels)
-    for r, L in enumerate(lab):
-        sl = slices[L - 1]
-        m = labels[sl] == L
-        crop = dna[sl]
-        v = crop[m].astype(np.float64) - bg[r]
-        mean = v.mean()
-        dev = v - mean
-        m2 = float(np.dot(dev, dev)) / v.size
-        sd = math.sqrt(m2)
-        extra[r, 0] = sd
-        if v.size > 2 and m2 > 0:  # population skewness and excess kurtosis
-            dev2 = dev * dev
-            extra[r, 1] = float(np.dot(dev2, dev)) / v.size / m2**1.5
-            extra[r, 2] = float(np.dot(dev2, dev2)) / v.size / m2**2 - 3.0
-        extra[r, 3] = sd / mean if mean > 0 else 0.0
-        extra[r, 4:4 + n_q] = np.percentile(v, [10, 50, 90])
-        # radial distribution: share of (positive) DNA signal in 4 shells, centre -> edge
-        depth = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1][m]
-        shell = np.minimum(((1 - (depth - 1) / max(depth.max(), 1.0)) * N_RADIAL).astype(int), N_RADIAL - 1)
-        w = np.clip(v, 0, None)
-        tot = w.sum()
-        if tot > 0:
-            extra[r, 4 + n_q:] = np.bincount(shell, weights=w, minlength=N_RADIAL)[:N_RADIAL] / tot
-        tex[r] = _texture(crop, m, params.texture_levels, params.texture_distances)
+    dna_mean = props[f"intensity_mean-{dna_index}"].astype(np.float64) - bg
+    n_q = 3  # DNA quantiles: 10, 50, 90
+    extra, tex = _per_nucleus_features(labels, dna, lab, bg, params, n_q)
 
     sample_s = "" if sample is None else str(sample)
     cols: dict[str, Any] = {
@@ -335,42 +395,11 @@ def measure_nuclei(
         "label": lab,
         "centroid_y": props["centroid-0"].astype(np.float64),
         "centroid_x": props["centroid-1"].astype(np.float64),
-        "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
+        **{f"bbox_{name}": props[f"bbox-{i}"].astype(np.int64) for i, name in enumerate(("y0", "x0", "y1", "x1"))},
         "dna_background": bg.astype(np.float64),
     }
-    qc_border = (y0 == 0) | (x0 == 0) | (y1 == H) | (x1 == W)
-    qc_small = area < min_area
-    qc_large = area > max_area
-    qc_low = dna_mean < params.qc_min_contrast * noise
-    cols.update({
-        "qc_border": qc_border, "qc_too_small": qc_small, "qc_too_large": qc_large,
-        "qc_low_contrast": qc_low,
-        "qc_pass": ~(qc_border | qc_small | qc_large | qc_low),
-    })
-    cols.update({
-        "morph_area": area,
-        "morph_perimeter": perim,
-        "morph_eccentricity": props["eccentricity"].astype(np.float64),
-        "morph_solidity": props["solidity"].astype(np.float64),
-        "morph_extent": props["extent"].astype(np.float64),
-        "morph_major_axis_length": props["axis_major_length"].astype(np.float64),
-        "morph_minor_axis_length": props["axis_minor_length"].astype(np.float64),
-        "morph_form_factor": form,
-        "morph_dna_integrated": dna_mean * area,
-        "morph_dna_mean": dna_mean,
-        "morph_dna_std": extra[:, 0],
-        "morph_dna_skewness": extra[:, 1],
-        "morph_dna_kurtosis": extra[:, 2],
-        "morph_dna_cv": extra[:, 3],
-        "morph_dna_q10": extra[:, 4],
-        "morph_dna_q50": extra[:, 5],
-        "morph_dna_q90": extra[:, 6],
-    })
-    for k in range(N_RADIAL):
-        cols[f"morph_dna_radial_{k + 1}"] = extra[:, 4 + n_q + k]
-    for i, d in enumerate(params.texture_distances):
-        for j, prop in enumerate(TEXTURE_PROPS):
-            cols[f"morph_texture_{prop}_d{d}"] = tex[:, i, j]
+    cols.update(_qc_flags(props, area, dna_mean, labels.shape, min_area, max_area, params.qc_min_contrast * noise))
+    cols.update(_morphology_features(props, area, dna_mean, extra, tex, params, n_q))
     for i, col in _other_channel_columns(names, dna_index):
         cols[col] = props[f"intensity_mean-{i}"].astype(np.float64)
     return pd.DataFrame(cols)
