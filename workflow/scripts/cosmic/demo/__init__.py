@@ -42,7 +42,6 @@ from .settings import DemoSettings, image_names, sample_paths, sample_sheet
 from .states import (CELL_TYPES, PHASE_BOUNDS, TYPE_MORPHOLOGY, TYPE_PROPORTIONS, dna_content, draw_cell_states,
                      morphology_traits, phase_of)
 
-# The name benchmarks/cross_modal_ceiling.py uses.
 
 __all__ = [
     "CELL_TYPES", "CHANNEL_NAMES", "DAPI_DENSITY", "MITO_GENES", "PHASE_BOUNDS", "REFERENCE_AREA",
