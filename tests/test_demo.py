@@ -201,3 +201,19 @@ def test_explained_fraction_matches_known_variance_split():
     private = rng.normal(0, 1, (6, 4000, 1))
     frac, _ = demo.explained_fraction(state * np.sqrt(0.3) + private * np.sqrt(0.7))
     assert frac[0] == pytest.approx(0.3, abs=0.03)
+
+
+def test_barcodes_do_not_depend_on_the_hash_seed():
+    """Same seed, same barcodes in every process (string sets iterate in a per-process order)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from cosmic.demo import random_barcodes; "
+            "print(random_barcodes(np.random.default_rng(3), 50))")
+    outputs = set()
+    for hash_seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        outputs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                   check=True).stdout)
+    assert len(outputs) == 1
