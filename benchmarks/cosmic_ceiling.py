@@ -12,7 +12,7 @@ COSMIC split (train cells fit, val cells tune, test cells report):
     (transcriptome direction) and the RNA embedding / expression (morphology direction);
 (c) COSMIC (run_cosmic on the same cohort and split).
 
-Targets and scores are those of cosmic.model: kept-gene log-normalised expression, variance-weighted
+Targets and scores are those of cosmic.crossmodal: kept-gene log-normalised expression, variance-weighted
 total R²; standardised region-property features (X_morph), mean R². Also printed: how well each
 measured modality recovers each true shared-state variable (test R² / accuracy), which explains (b).
 
@@ -35,7 +35,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
 from cosmic import metrics as M  # noqa: E402
-from cosmic.model import CosmicParams, Preprocessor, load_truth, run_cosmic, shared_state_frame  # noqa: E402
+from cosmic.crossmodal import CosmicParams, Preprocessor, run_cosmic  # noqa: E402
+from cosmic.truth.crossmodal import load_truth, shared_state_frame  # noqa: E402
 from cosmic.splits import make_splits  # noqa: E402
 
 

@@ -65,7 +65,7 @@ def simulate_reference(settings: demo.DemoSettings, genes: pd.DataFrame, n_cells
     expr = demo.log_normalise(demo.sample_counts(states, genes, rng)).astype(np.float32)
     expected = np.zeros_like(expr)
     for _ in range(redraws):
-        redrawn = demo._redraw_rna_private(states, rng, settings.median_library_size)
+        redrawn = demo.redraw_rna_private(states, rng, settings.median_library_size)
         expected += demo.log_normalise(demo.sample_counts(redrawn, genes, rng)) / redraws
     return dict(states=states, morph=table, expr=expr, expected=expected)
 

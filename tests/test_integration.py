@@ -63,12 +63,14 @@ def test_rerun_is_a_no_op(finished_run):
 
 
 # Files that must survive a failed or interrupted job, so they are deliberately not rule outputs
-# (Snakemake deletes a failed job's outputs): the foundation model's resume state, its training log
-# and the feature targets it streams from (rebuilt when missing).
+# (Snakemake deletes a failed job's outputs): each model's resume checkpoint, the training log that
+# a resumed run appends to, and the feature targets pretraining streams from (rebuilt when missing).
 RESUME_STATE = {
     "results/models/foundation/last.pt",
     "results/models/foundation/train_log.tsv",
     "results/models/foundation/feature_targets.npy",
+    "results/models/cosmic/checkpoint.pt",
+    "results/models/cosmic/training_log.tsv",
 }
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from cosmic import config as cosmic_config
 from cosmic import demo as cosmic_demo
 from cosmic import layout
+from cosmic.crossmodal.representation import for_workflow
 from cosmic.errors import CosmicInputError
 
 
@@ -87,11 +88,11 @@ FIRST_IMAGE = next(
 
 # Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
 MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
-if MORPHOLOGY_TABLES and config["cosmic"]["representation"] == "fm":
-    raise CosmicInputError(
-        "cosmic.representation is 'fm', but the samples give morphology tables (no images, so no "
-        "foundation-model embedding). Set cosmic.representation to 'auto' or 'morph'."
-    )
+# The morphology representation COSMIC models: images are embedded by the foundation model, so
+# `auto` is X_fm with images and X_morph with morphology tables; `fm` without images is an error.
+COSMIC_REPRESENTATION = for_workflow(
+    config["cosmic"]["representation"], has_images=not MORPHOLOGY_TABLES
+)
 
 
 wildcard_constraints:
@@ -187,12 +188,24 @@ def pair_inputs(wildcards):
 
 
 def cosmic_inputs(wildcards):
-    """The paired cohort; the foundation model whose decoder renders generated nuclei, and the
-    crop banks holding the real nuclei shown beside them."""
+    """The paired cohort, and the foundation model whose decoder renders generated nuclei."""
     inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
-    if config["cosmic"]["representation"] != "morph" and not MORPHOLOGY_TABLES:
+    if COSMIC_DECODES_IMAGES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
-        inputs["crops"] = crops_inputs()
+    return inputs
+
+
+def cosmic_nuclei_figure_inputs(wildcards):
+    """Predictions, their decoded images, the foundation model (renders the observed
+    embedding), the crop banks (real nuclei), the image a channel name is read on."""
+    inputs = {
+        "predictions": f"{RESULTS}/cosmic/predictions.h5ad",
+        "generated_images": GENERATED_IMAGES,
+        "foundation": f"{RESULTS}/models/foundation/model.pt",
+        "crops": crops_inputs(),
+    }
+    if isinstance(config["imaging"]["dna_channel"], str) and FIRST_IMAGE:
+        inputs["first_image"] = FIRST_IMAGE
     return inputs
 
 
@@ -205,11 +218,22 @@ CELL_CYCLE_FIGURES = list(layout.CELL_CYCLE_FIGURES)
 DRUG_RESPONSE_FIGURES = list(layout.DRUG_RESPONSE_FIGURES)
 
 # COSMIC renders nuclei generated from RNA when it models the foundation embedding (images route).
-COSMIC_DECODES_IMAGES = (
-    config["cosmic"]["representation"] != "morph" and not MORPHOLOGY_TABLES
-)
+COSMIC_DECODES_IMAGES = COSMIC_REPRESENTATION.decodes_images
 GENERATED_IMAGES = (
     f"{RESULTS}/cosmic/{layout.GENERATED_IMAGES}" if COSMIC_DECODES_IMAGES else None
+)
+COSMIC_FIGURE_DIR = f"{RESULTS}/cosmic/figures"
+# Captions of the `cosmic` rule's figures (the PNGs are declared one by one, as report items).
+COSMIC_CAPTIONS = [
+    path
+    for path in layout.figure_files(COSMIC_FIGURE_DIR, layout.COSMIC_FIGURES)
+    if path.endswith(".txt")
+]
+# Drawn by `cosmic_nuclei_figure` (PNG and caption); none when COSMIC decodes no images.
+GENERATED_NUCLEI_FILES = (
+    layout.figure_files(COSMIC_FIGURE_DIR, [layout.GENERATED_NUCLEI_FIGURE])
+    if COSMIC_DECODES_IMAGES
+    else []
 )
 
 
@@ -258,6 +282,7 @@ def report_inputs(wildcards):
             f"{RESULTS}/cosmic/variance_decomposition.tsv",
             f"{RESULTS}/cosmic/predictions.h5ad",
         ]
+        data += GENERATED_NUCLEI_FILES
     elif name == "cell_cycle":
         data.append(f"{RESULTS}/analysis/cell_cycle/summary.json")
     elif name == "drug_response":
@@ -316,6 +341,7 @@ def all_outputs():
         f"{RESULTS}/paired/cohort.h5ad",
         f"{RESULTS}/paired/pairing_summary.tsv",
         f"{RESULTS}/cosmic/metrics.json",
+        *GENERATED_NUCLEI_FILES,
         f"{RESULTS}/analysis/cell_cycle/summary.json",
         f"{RESULTS}/analysis/drug_response/summary.json",
         f"{RESULTS}/reports/index.html",

@@ -6,26 +6,29 @@ rule cosmic:
     input:
         unpack(cosmic_inputs),
     output:
+        # The decoded generated nuclei exist only when COSMIC models the foundation embedding.
+        **({"generated_images": GENERATED_IMAGES} if COSMIC_DECODES_IMAGES else {}),
         model=f"{RESULTS}/models/cosmic/model.pt",
         predictions=f"{RESULTS}/cosmic/predictions.h5ad",
         metrics=f"{RESULTS}/cosmic/metrics.json",
         variance=f"{RESULTS}/cosmic/variance_decomposition.tsv",
         gene_r2=report(
-            f"{RESULTS}/cosmic/figures/gene_r2_ranked.png",
+            f"{COSMIC_FIGURE_DIR}/gene_r2_ranked.png",
             caption="../report/cosmic_gene_r2.rst",
             category="COSMIC",
         ),
         decomposition=report(
-            f"{RESULTS}/cosmic/figures/variance_decomposition.png",
+            f"{COSMIC_FIGURE_DIR}/variance_decomposition.png",
             caption="../report/cosmic_variance.rst",
             category="COSMIC",
         ),
         confusion=f"{RESULTS}/cosmic/cell_type_confusion.tsv",
         confusion_figure=report(
-            f"{RESULTS}/cosmic/figures/cell_type_confusion.png",
+            f"{COSMIC_FIGURE_DIR}/cell_type_confusion.png",
             caption="../report/cosmic_cell_types.rst",
             category="COSMIC",
         ),
+        captions=COSMIC_CAPTIONS,
     log:
         f"{RESULTS}/logs/cosmic.log",
     conda:
@@ -37,7 +40,32 @@ rule cosmic:
     params:
         cosmic=config["cosmic"],
         truth=DEMO_DIR if DEMO else None,
-        samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],
-        first_image=FIRST_IMAGE,
     script:
         "../scripts/cosmic_model.py"
+
+
+if COSMIC_DECODES_IMAGES:
+
+    rule cosmic_nuclei_figure:
+        input:
+            unpack(cosmic_nuclei_figure_inputs),
+        output:
+            figure=report(
+                f"{COSMIC_FIGURE_DIR}/{layout.GENERATED_NUCLEI_FIGURE}.png",
+                caption="../report/cosmic_nuclei.rst",
+                category="COSMIC",
+            ),
+            caption=f"{COSMIC_FIGURE_DIR}/{layout.GENERATED_NUCLEI_FIGURE}.txt",
+        log:
+            f"{RESULTS}/logs/cosmic_nuclei_figure.log",
+        conda:
+            "../envs/torch.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        params:
+            dna_channel=config["imaging"]["dna_channel"],
+            samples=list(SAMPLES.index),
+        script:
+            "../scripts/cosmic_nuclei_figure.py"

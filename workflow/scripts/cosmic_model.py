@@ -7,8 +7,7 @@ from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from cosmic.imageio import crop_banks_by_sample, crop_dna_channel
-from cosmic.model import run_cosmic
+from cosmic.crossmodal import run_cosmic
 
 decode_images = None
 if "foundation" in snakemake.input.keys():
@@ -20,10 +19,6 @@ if "foundation" in snakemake.input.keys():
         return decode_embeddings(foundation, embedding)
 
 
-crop_paths = list(snakemake.input.get("crops", []) or [])
-samples = list(snakemake.params.get("samples", []) or [])
-crops = crop_banks_by_sample(crop_paths, samples)
-
 metrics = run_cosmic(
     snakemake.input.cohort,
     Path(snakemake.output.model).parent,
@@ -34,8 +29,6 @@ metrics = run_cosmic(
     figures_dir=Path(snakemake.output.gene_r2).parent,
     decode_images=decode_images,
     truth=snakemake.params.truth,
-    crops=crops,
-    dna_channel=crop_dna_channel(snakemake.config.get("imaging", {}).get("dna_channel", 0),
-                                 snakemake.params.get("first_image")),
+    generated_images=snakemake.output.get("generated_images"),
 )
 print({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Tests of the COSMIC cross-modal model (cosmic.model): shapes, no leakage, seeds, end to end."""
+"""Tests of the COSMIC cross-modal model (cosmic.crossmodal): shapes, no leakage, seeds, end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cosmic import model as cm
+from cosmic import crossmodal as cm
+from cosmic.crossmodal import representation
+from cosmic.crossmodal.celltypes import _umap_connectivities, cluster_labels
+from cosmic.crossmodal.figures import _real_crops, generated_nuclei_figure
 from cosmic.errors import CosmicInputError
 from cosmic.splits import make_splits
 
@@ -55,9 +58,52 @@ def test_params_reject_unknown_and_bad_values():
         cm.CosmicParams.from_config({"lr": -1})
     a = synthetic_cohort(n=50)
     with pytest.raises(CosmicInputError, match="X_fm"):
-        cm.resolve_representation(a, "fm")
-    assert cm.resolve_representation(a, "auto") == "morph"
-    assert cm.resolve_representation(synthetic_cohort(n=50, fm_dims=6), "auto") == "fm"
+        representation.for_cohort(a.obsm, "fm")
+    assert representation.for_cohort(a.obsm, "auto").name == "morph"
+    assert representation.for_cohort(synthetic_cohort(n=50, fm_dims=6).obsm, "auto").name == "fm"
+
+
+@pytest.mark.parametrize("requested", representation.CHOICES)
+@pytest.mark.parametrize("has_images", [True, False])
+def test_representation_resolves_alike_in_the_snakefile_and_the_package(requested, has_images):
+    """The Snakefile (images or not, before data exist) and the package (X_fm in obsm or not) agree."""
+    obsm = {"X_morph": None, **({"X_fm": None} if has_images else {})}
+    if requested == "fm" and not has_images:
+        with pytest.raises(CosmicInputError, match="auto' or 'morph"):
+            representation.for_workflow(requested, has_images)
+        with pytest.raises(CosmicInputError, match="X_fm"):
+            representation.for_cohort(obsm, requested)
+        return
+    in_workflow = representation.for_workflow(requested, has_images)
+    assert in_workflow == representation.for_cohort(obsm, requested)
+    assert in_workflow.name == ("fm" if has_images and requested != "morph" else "morph")
+    assert in_workflow.decodes_images == (in_workflow.name == "fm")
+    assert in_workflow.obsm_key == f"X_{in_workflow.name}"
+    assert representation.named(in_workflow.name) is in_workflow
+
+
+def test_representation_module_and_package_import_without_torch():
+    """common.smk imports cosmic.crossmodal.representation at parse time: it must stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cosmic.crossmodal, cosmic.crossmodal.representation; "
+            "print(sorted({'torch', 'anndata', 'numpy', 'pandas'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_package_modules_and_functions_stay_small():
+    import ast
+    from pathlib import Path
+
+    folder = Path(cm.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}: {node.name}"
 
 
 def test_model_shapes():
@@ -171,8 +217,8 @@ def test_every_fitted_transform_ignores_test_cells(representation):
     # RNA cell types are clustered on training cells: their labels do not depend on test cells
     pre = r1["preprocessor"]
     emb = {k: pre.rna_embedding(pre.expression(d)) * pre.state["pc_std"] for k, d in (("a", a), ("b", b))}
-    la = cm._cluster_labels(emb["a"][train], emb["a"][test], 3, 0)
-    lb = cm._cluster_labels(emb["b"][train], emb["b"][test], 3, 0)
+    la = cluster_labels(emb["a"][train], emb["a"][test], 3, 0)
+    lb = cluster_labels(emb["b"][train], emb["b"][test], 3, 0)
     np.testing.assert_array_equal(la[0], lb[0])
 
 
@@ -211,17 +257,17 @@ def test_leiden_labels_fitted_on_training_cells():
     truth = np.repeat([0, 1, 2], 80)
     x = centres[truth] + rng.normal(size=(240, 6))
     train = np.arange(240) % 4 != 0
-    lab_tr, lab_te, method = cm._cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
+    lab_tr, lab_te, method = cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
     assert method == "leiden"
     # each planted group is one label (Leiden may split nothing here: groups are far apart)
     assert len(set(lab_tr)) == 3
     assert all(len(set(lab_tr[truth[train] == g])) == 1 for g in range(3))
     mapping = {g: lab_tr[truth[train] == g][0] for g in range(3)}
     assert [mapping[g] for g in truth[~train]] == list(lab_te)
-    again = cm._cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
+    again = cluster_labels(x[train], x[~train], n_clusters=5, seed=0)
     np.testing.assert_array_equal(again[0], lab_tr)
     # the graph is scanpy's UMAP connectivities: symmetric, weights in (0, 1]
-    g = cm._umap_connectivities(x[train], 15)
+    g = _umap_connectivities(x[train], 15)
     assert abs(g - g.T).max() < 1e-12 and g.data.min() > 0 and g.data.max() <= 1 + 1e-12
     assert g.diagonal().sum() == 0 and (np.diff(g.indptr) >= 14).all()
 
@@ -267,7 +313,10 @@ def test_run_cosmic_end_to_end_beats_mean(tmp_path):
         np.save(crops[s], np.random.default_rng(1).random((in_s.sum(), 1, 8, 8)).astype(np.float32))
     r = cm.run_cosmic(a, tmp_path / "models", tmp_path / "predictions.h5ad", tmp_path / "metrics.json",
                       tmp_path / "variance_decomposition.tsv", p, figures_dir=tmp_path / "figures",
-                      decode_images=decode, progress=False, crops=crops)
+                      decode_images=decode, progress=False)
+    # the nuclei figure is drawn by its own rule from the predictions, the decoded images and the crops
+    generated_nuclei_figure(tmp_path / "predictions.h5ad", tmp_path / "predictions_generated_images.npy",
+                            tmp_path / "figures", crops=crops, decode_images=decode)
     vd = r["variance_decomposition"]
     t, m = vd["transcriptome_explained_by_morphology"], vd["morphology_explained_by_transcriptome"]
     assert t["cosmic"]["value"] > t["mean"]["value"] + 0.05
@@ -327,7 +376,8 @@ def test_checkpoint_of_other_training_data_is_not_resumed():
     """A run on re-normalised data must not pick up the checkpoint left by the previous data."""
     import torch
 
-    from cosmic.model import CosmicParams, _fingerprint
+    from cosmic.crossmodal.params import CosmicParams
+    from cosmic.crossmodal.train import _fingerprint
 
     params = CosmicParams()
     split = pd.Series(["train", "val", "test"], index=["a", "b", "c"])
@@ -372,9 +422,9 @@ def test_real_crops_for_the_nuclei_figure_come_from_each_test_cells_bank(tmp_pat
         np.save(paths[s], arr)
     cells = ad.AnnData(obs=pd.DataFrame({"sample": ["b", "a", "a"], "crop_index": [0, 2, 1]},
                                         index=["c0", "c1", "c2"]))
-    got = cm._real_crops(cells, paths, 2, dna_channel=1)
+    got = _real_crops(cells, paths, 2, dna_channel=1)
     assert got.shape == (2, 4, 4)
     np.testing.assert_array_equal(got[0], banks["b"][0, 1])
     np.testing.assert_array_equal(got[1], banks["a"][2, 1])
-    assert cm._real_crops(cells, {"a": paths["a"]}, 2) is None  # sample b's bank is missing: no real row
-    assert cm._real_crops(cells, None, 2) is None
+    assert _real_crops(cells, {"a": paths["a"]}, 2) is None  # sample b's bank is missing: no real row
+    assert _real_crops(cells, None, 2) is None

@@ -1,0 +1,128 @@
+"""The ``cosmic:`` config block (:class:`CosmicParams`), file names and the compute device."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import CosmicInputError
+from .representation import CHOICES, check_choice
+
+REPRESENTATIONS = CHOICES
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT = "checkpoint.pt"  # resumable training state
+MODEL = "model.pt"  # final model (best validation state + preprocessor + params)
+
+_INTEGER_MINIMA = (("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
+                   ("epochs", 0), ("batch_size", 1), ("patience", 1), ("n_samples", 2), ("n_output_samples", 0),
+                   ("n_clusters", 2), ("knn_neighbors", 1), ("n_bootstrap", 0), ("seed", 0), ("num_threads", 0))
+_NUMBER_RANGES = (("dropout", 0.0, 0.99), ("beta", 0.0, None), ("expr_weight", 0.0, None), ("lr", 1e-12, None),
+                  ("weight_decay", 0.0, None), ("interval_level", 0.01, 0.999))
+
+
+@dataclass
+class CosmicParams:
+    """The ``cosmic:`` config block (see :func:`CosmicParams.from_config`)."""
+
+    representation: str = "auto"  # "auto" (X_fm when present, else X_morph) | "fm" | "morph"
+    n_rna_pcs: int = 30
+    n_hvg: int = 2000  # 0 = all genes
+    latent_dim: int = 0  # 0: heteroscedastic Gaussian residual; >0: residual CVAE (validation favoured 0 on the demo)
+    hidden_dim: int = 128
+    n_layers: int = 2
+    dropout: float = 0.5  # lower validation loss than 0.3 on the demo (seeds 0 and 1); 0.1 overfits
+    beta: float = 1.0  # KL weight of the residual CVAE
+    expr_weight: float = 1.0  # weight of the expression-space loss of morphology -> RNA
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 25
+    n_samples: int = 100  # samples per cell for intervals
+    n_output_samples: int = 3  # samples written to predictions.h5ad
+    split_fractions: list = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    stratify: str | None = "sample"
+    holdout_samples: list = field(default_factory=list)
+    covariates: list = field(default_factory=list)  # obs columns, one-hot encoded
+    label_key: str | None = None  # obs column of labels for cell-type transfer (None: RNA clusters)
+    n_clusters: int = 8  # k-means fallback only: labels are Leiden clusters of training cells when label_key is None
+    knn_neighbors: int = 15
+    n_bootstrap: int = 200
+    interval_level: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 1  # CPU threads for torch and BLAS (0 = library defaults); 1 is fastest for this small model
+
+    def __post_init__(self):
+        check_choice(self.representation)
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise CosmicInputError(f"cosmic parameter device must be one of {DEVICES} or 'cuda:N', "
+                                   f"got {self.device!r}")
+        for name, lo in _INTEGER_MINIMA:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or not float(v).is_integer() \
+                    or v < lo:
+                raise CosmicInputError(f"cosmic parameter {name} must be an integer >= {lo}, got {v!r}")
+            setattr(self, name, int(v))
+        for name, lo, hi in _NUMBER_RANGES:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+                raise CosmicInputError(f"cosmic parameter {name} must be a number in [{lo}, {hi or 'inf'}], "
+                                       f"got {v!r}")
+            setattr(self, name, float(v))
+        self._check_lists()
+
+    def _check_lists(self):
+        try:
+            fr = [float(x) for x in self.split_fractions]
+        except (TypeError, ValueError):
+            fr = []
+        if len(fr) != 3 or any(x < 0 for x in fr) or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
+            raise CosmicInputError("cosmic parameter split_fractions must be [train, val, test] summing to 1 "
+                                   f"with train > 0, got {self.split_fractions!r}")
+        self.split_fractions = fr
+        for name in ("holdout_samples", "covariates"):
+            v = getattr(self, name) or []
+            if isinstance(v, str) or not all(isinstance(x, str) for x in v):
+                raise CosmicInputError(f"cosmic parameter {name} must be a list of strings, got {v!r}")
+            setattr(self, name, list(v))
+        if self.fractions[1] == 0:
+            raise CosmicInputError("cosmic parameter split_fractions needs a validation fraction > 0 "
+                                   "(early stopping uses the validation cells)")
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        return tuple(self.split_fractions)
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "CosmicParams":
+        """Build from ``config["cosmic"]``; unknown keys are errors naming the allowed ones."""
+        from ..config import params_from_config
+
+        return params_from_config(cls, "cosmic", mapping, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# keys that change what is trained (a checkpoint with other values is not resumed)
+TRAINING_KEYS = ("representation", "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
+                 "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
+                 "stratify", "holdout_samples", "covariates", "seed")
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` picks CUDA when a GPU is visible, else CPU (a ``torch.device``)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise CosmicInputError("cosmic: device 'cuda' requested but no CUDA GPU is visible; set cosmic.device "
+                               "to 'auto' or 'cpu'")
+    return torch.device(device)

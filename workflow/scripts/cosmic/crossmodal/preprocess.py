@@ -1,0 +1,152 @@
+"""Gene selection, RNA PCA and scalers: every transform fitted on training cells only."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import CosmicInputError
+from .representation import FM, MORPH, Representation, named
+
+
+def dense(x) -> np.ndarray:
+    """A float32 numpy array of a dense or sparse matrix."""
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation (1 where constant or undefined), ignoring NaNs."""
+    mean = np.nanmean(x, 0)
+    std = np.nanstd(x, 0)
+    std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+    return np.nan_to_num(mean).astype(np.float32), std.astype(np.float32)
+
+
+def apply_scaler(x, mean, std) -> np.ndarray:
+    """Standardise ``x`` with a fitted scaler; NaNs become 0 (the training mean)."""
+    return np.nan_to_num((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32)
+
+
+class Preprocessor:
+    """Gene selection, RNA PCA and scalers, fitted on training cells and stored as plain arrays.
+
+    ``fit`` sees training cells only; ``transform`` applies the frozen state to any cells.
+    ``representation`` is the name of the modelled morphology representation (``"fm"`` or
+    ``"morph"``, see :mod:`.representation`); the state stores the name.
+    """
+
+    def __init__(self, n_hvg: int = 2000, n_pcs: int = 30, representation: str = "morph",
+                 covariates: Sequence[str] = ()):
+        self.n_hvg, self.n_pcs, self.representation = int(n_hvg), int(n_pcs), representation
+        self.covariates = list(covariates)
+        self.state: dict | None = None
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(self, adata) -> "Preprocessor":
+        """Fit on ``adata`` (training cells only)."""
+        x = dense(adata.X)
+        var = x.var(0)
+        order = np.argsort(-var, kind="stable")
+        order = order[var[order] > 0]
+        n_keep = len(order) if self.n_hvg == 0 else min(self.n_hvg, len(order))
+        genes = np.sort(order[:n_keep])
+        xg = x[:, genes]
+        gene_mean = xg.mean(0)
+        n_pcs = min(self.n_pcs, xg.shape[0] - 1, xg.shape[1])
+        _, s, vt = np.linalg.svd(xg - gene_mean, full_matrices=False)
+        components = vt[:n_pcs].astype(np.float32)
+        pc_std = (s[:n_pcs] / math.sqrt(max(1, xg.shape[0] - 1))).astype(np.float32)
+        pc_std = np.where(pc_std > 1e-8, pc_std, 1.0).astype(np.float32)
+        morph_mean, morph_std = fit_scaler(np.asarray(adata.obsm[MORPH.obsm_key], dtype=np.float32))
+        st = dict(gene_index=genes.astype(np.int64), gene_names=np.asarray(adata.var_names[genes]).astype(str),
+                  n_genes_input=int(x.shape[1]), gene_mean=gene_mean.astype(np.float32), components=components,
+                  pc_std=pc_std, morph_mean=morph_mean, morph_std=morph_std, representation=self.representation,
+                  covariate_levels={})
+        if named(self.representation) == FM:
+            st["fm_mean"], st["fm_std"] = fit_scaler(np.asarray(adata.obsm[FM.obsm_key], dtype=np.float32))
+        for c in self.covariates:
+            if c not in adata.obs:
+                raise CosmicInputError(f"cosmic.covariates names '{c}', which is not an obs column of the cohort; "
+                                       f"available: {list(adata.obs.columns)}")
+            st["covariate_levels"][c] = sorted(adata.obs[c].astype(str).unique().tolist())
+        self.state = st
+        return self
+
+    # -- applying --------------------------------------------------------------------
+    def _check(self):
+        if self.state is None:
+            raise RuntimeError("Preprocessor is not fitted")
+
+    @property
+    def kind(self) -> Representation:
+        """The fitted morphology representation."""
+        self._check()
+        return named(self.state["representation"])
+
+    @property
+    def gene_names(self) -> np.ndarray:
+        self._check()
+        return self.state["gene_names"]
+
+    def expression(self, adata) -> np.ndarray:
+        """Log-normalised expression of the kept genes."""
+        self._check()
+        if adata.n_vars != self.state["n_genes_input"]:
+            raise CosmicInputError(f"cohort has {adata.n_vars} genes but the model was fitted on "
+                                   f"{self.state['n_genes_input']}")
+        return dense(adata.X[:, self.state["gene_index"]])
+
+    def rna_embedding(self, expr: np.ndarray) -> np.ndarray:
+        """Standardised PCA scores (training-cell PCA) of kept-gene expression."""
+        st = self.state
+        return ((expr - st["gene_mean"]) @ st["components"].T / st["pc_std"]).astype(np.float32)
+
+    def morph_features(self, adata) -> np.ndarray:
+        return apply_scaler(adata.obsm[MORPH.obsm_key], self.state["morph_mean"], self.state["morph_std"])
+
+    def representation_of(self, adata) -> np.ndarray:
+        """Standardised morphology representation (X_fm or X_morph)."""
+        kind = self.kind
+        if kind == FM:
+            return apply_scaler(adata.obsm[kind.obsm_key], self.state["fm_mean"], self.state["fm_std"])
+        return self.morph_features(adata)
+
+    def rep_to_raw(self, rep: np.ndarray) -> np.ndarray:
+        """Undo the representation scaler (back to X_fm / X_morph units)."""
+        key = self.kind.name  # the scaler is stored as <name>_mean, <name>_std
+        return (np.asarray(rep) * self.state[f"{key}_std"] + self.state[f"{key}_mean"]).astype(np.float32)
+
+    def features_to_raw(self, morph: np.ndarray) -> np.ndarray:
+        """Undo the region-property scaler (back to X_morph units)."""
+        return (morph * self.state["morph_std"] + self.state["morph_mean"]).astype(np.float32)
+
+    def covariate_matrix(self, adata) -> np.ndarray:
+        """One-hot covariates over training-cell levels (an unseen level is all zeros)."""
+        cols = []
+        for c, levels in self.state["covariate_levels"].items():
+            v = adata.obs[c].astype(str).to_numpy()
+            cols.append((v[:, None] == np.asarray(levels)[None, :]).astype(np.float32))
+        return np.concatenate(cols, 1) if cols else np.zeros((adata.n_obs, 0), np.float32)
+
+    def transform(self, adata) -> dict[str, np.ndarray]:
+        """All model inputs for the cells of ``adata``."""
+        self._check()
+        expr = self.expression(adata)
+        return dict(expr=expr, rna=self.rna_embedding(expr), rep=self.representation_of(adata),
+                    morph=self.morph_features(adata), cov=self.covariate_matrix(adata))
+
+    # -- persistence -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        self._check()
+        return dict(n_hvg=self.n_hvg, n_pcs=self.n_pcs, representation=self.representation,
+                    covariates=self.covariates, state=copy.deepcopy(self.state))
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "Preprocessor":
+        p = cls(d["n_hvg"], d["n_pcs"], d["representation"], d["covariates"])
+        p.state = copy.deepcopy(d["state"])
+        return p

@@ -1,0 +1,225 @@
+"""Training: fit the preprocessor on training cells, train with early stopping on validation cells,
+checkpoint and resume, calibrate, save and load the final model."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import CosmicInputError
+from . import representation
+from .nets import CosmicModel
+from .params import CHECKPOINT, MODEL, TRAINING_KEYS, CosmicParams, resolve_device
+from .prediction import calibrate_model, to_tensors
+from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def _seed_all(seed: int):
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _fingerprint(params: CosmicParams, split: pd.Series, data: dict | None = None) -> str:
+    """Identity of a training run: parameters, split and the training data themselves, so a
+    checkpoint left by a run on other data (e.g. after re-normalising) is never resumed."""
+    keys = {k: getattr(params, k) for k in TRAINING_KEYS}
+    h = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode())
+    h.update("".join(split.astype(str).str[:2]).encode())
+    h.update("|".join(map(str, split.index)).encode())
+    for key in sorted(data or {}):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(data[key].detach().cpu().numpy() if torch.is_tensor(data[key])
+                                      else np.asarray(data[key])).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    # drop a tiny last batch (LayerNorm/BatchNorm-free, but keeps gradient noise even)
+    for i in range(0, n, batch_size):
+        idx = perm[i:i + batch_size]
+        if len(idx) >= 2 or n < 2:
+            yield idx
+
+
+def _eval_loss(model, data, params, device) -> float:
+    model.eval()
+    with torch.no_grad():
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(12345)  # validation loss uses a fixed posterior draw
+        loss = model.losses(data, params, sample_posterior=False).item()
+        torch.set_rng_state(gen_state)
+    return loss
+
+
+def fit_cosmic(adata, split: pd.Series, params: CosmicParams, outdir=None, progress: bool = True,
+               resume: bool = True) -> dict:
+    """Fit the preprocessor on training cells and train the model with early stopping.
+
+    Returns ``{"model", "preprocessor", "history", "best_epoch", "best_val_loss", "seconds", "device"}``.
+    With ``outdir`` a resumable ``checkpoint.pt`` is written every few epochs and ``model.pt`` at the end;
+    an existing checkpoint with the same parameters and split is resumed.
+    """
+    device = resolve_device(params.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and params.num_threads > 0:
+        torch.set_num_threads(params.num_threads)
+    try:
+        return _fit(adata, split, params, outdir, progress, resume, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Training:
+    """One training run: model, optimiser, batch-order generator and early-stopping state, with a
+    resumable checkpoint (``checkpoint``: its path, or None for none)."""
+
+    def __init__(self, model, pre: Preprocessor, params: CosmicParams, fingerprint: str, checkpoint: Path | None):
+        self.model, self.pre, self.params = model, pre, params
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+        self.generator = torch.Generator().manual_seed(params.seed)
+        self.fingerprint, self.checkpoint = fingerprint, checkpoint
+        self.state = dict(epoch=0, best_val=float("inf"), best_epoch=-1, bad=0, history=[], done=False,
+                          best_state=copy.deepcopy(model.state_dict()))
+
+    def resume(self, device):
+        """Continue from the checkpoint when it belongs to this run (same fingerprint)."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        saved = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        if saved.get("fingerprint") != self.fingerprint:
+            log.info("cosmic: checkpoint %s has other parameters or split; training from scratch", self.checkpoint)
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.state = saved["train_state"]
+        log.info("cosmic: resuming from %s at epoch %d", self.checkpoint, self.state["epoch"])
+
+    def save_checkpoint(self):
+        if self.checkpoint is None:
+            return
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(dict(fingerprint=self.fingerprint, model=self.model.state_dict(),
+                            optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
+                            torch_rng=torch.get_rng_state(), train_state=self.state,
+                            preprocessor=self.pre.state_dict(), params=self.params.to_dict()), tmp)
+
+    def epoch(self, train: dict, device) -> float:
+        """One pass over the training cells in random batches; the mean training loss."""
+        self.model.train()
+        n = len(train["rep"])
+        total = 0.0
+        for idx in _batches(n, self.params.batch_size, self.generator):
+            idx = idx.to(device)
+            loss = self.model.losses({k: v[idx] for k, v in train.items()}, self.params)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.optimizer.step()
+            total += loss.item() * len(idx)
+        return total / n
+
+    def run(self, train: dict, val: dict, device, progress: bool):
+        """Epochs until ``params.epochs`` or ``patience`` epochs without a better validation loss;
+        leaves the model at its best validation state."""
+        from tqdm.auto import tqdm
+
+        state, params = self.state, self.params
+        bar = tqdm(total=params.epochs, initial=state["epoch"], desc="cosmic", disable=not progress, leave=False)
+        while not state["done"] and state["epoch"] < params.epochs:
+            train_loss = self.epoch(train, device)
+            val_loss = _eval_loss(self.model, val, params, device)
+            state["history"].append(dict(epoch=state["epoch"], train_loss=train_loss, val_loss=val_loss))
+            if val_loss < state["best_val"] - 1e-5:
+                state.update(best_val=val_loss, best_epoch=state["epoch"], bad=0,
+                             best_state={k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            else:
+                state["bad"] += 1
+            state["epoch"] += 1
+            if state["bad"] >= params.patience:
+                state["done"] = True
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=state["best_epoch"])
+            if state["epoch"] % 10 == 0:
+                self.save_checkpoint()
+        bar.close()
+        state["done"] = True
+        self.save_checkpoint()
+        self.model.load_state_dict(state["best_state"])
+        self.model.eval()
+
+
+def _fit(adata, split, params, outdir, progress, resume, device):
+    started = time.time()
+    kind = representation.for_cohort(adata.obsm, params.representation)
+    train_mask = (split == "train").to_numpy()
+    val_mask = (split == "val").to_numpy()
+    if train_mask.sum() < 3 or val_mask.sum() < 1:
+        raise CosmicInputError(f"cosmic: too few cells to train ({train_mask.sum()} train, {val_mask.sum()} val)")
+    pre = Preprocessor(params.n_hvg, params.n_rna_pcs, kind.name, params.covariates).fit(adata[train_mask])
+    train = to_tensors(pre.transform(adata[train_mask]), device)
+    val = to_tensors(pre.transform(adata[val_mask]), device)
+    _seed_all(params.seed)
+    model = CosmicModel(train["rep"].shape[1], train["rna"].shape[1], train["expr"].shape[1],
+                        train["morph"].shape[1], train["cov"].shape[1], params,
+                        use_fm=kind.is_foundation).to(device)
+    model.init_from_pca(pre)
+    model.to(device)
+    training = _Training(model, pre, params, _fingerprint(params, split, train),
+                         Path(outdir) / CHECKPOINT if outdir is not None else None)
+    if resume:
+        training.resume(device)
+    training.run(train, val, device, progress)
+    state = training.state
+    # predictive intervals: per-output spread fitted on validation cells (never test cells)
+    calibration = calibrate_model(model, val, params.interval_level, params.n_samples, params.seed)
+    result = dict(model=model, preprocessor=pre, history=pd.DataFrame(state["history"]),
+                  best_epoch=int(state["best_epoch"]), best_val_loss=float(state["best_val"]),
+                  epochs_run=int(state["epoch"]), seconds=time.time() - started, device=str(device),
+                  representation=kind.name, calibration_scales=calibration)
+    if outdir is not None:
+        save_model(result, params, Path(outdir) / MODEL)
+        with atomic_path(Path(outdir) / "training_log.tsv") as tmp:
+            result["history"].to_csv(tmp, sep="\t", index=False)
+    return result
+
+
+def save_model(result: dict, params: CosmicParams, path):
+    """Write the final model: weights, preprocessor state, params and architecture sizes."""
+    m = result["model"]
+    dims = dict(rep_dim=m.r2m.mean_head.out_features, rna_dim=m.m2r.mean_head.out_features,
+                n_genes=m.expr_decoder.linear.out_features,
+                morph_dim=m.morph_decoder.linear.out_features if m.use_fm else m.r2m.mean_head.out_features,
+                cov_dim=m.m2r.cond[0].in_features - m.r2m.mean_head.out_features, use_fm=m.use_fm)
+    with atomic_path(path) as tmp:
+        torch.save(dict(model={k: v.cpu() for k, v in m.state_dict().items()}, dims=dims,
+                        preprocessor=result["preprocessor"].state_dict(), params=params.to_dict(),
+                        best_epoch=result["best_epoch"], best_val_loss=result["best_val_loss"]), tmp)
+
+
+def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicParams]:
+    """Load ``model.pt`` written by :func:`fit_cosmic`."""
+    d = torch.load(path, map_location="cpu", weights_only=False)
+    params = CosmicParams.from_config(d["params"])
+    dims = d["dims"]
+    model = CosmicModel(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
+                        params, dims["use_fm"])
+    missing, unexpected = model.load_state_dict(d["model"], strict=False)
+    if unexpected or any(not k.endswith("calib_scale") for k in missing):
+        raise CosmicInputError(f"{path}: not a model of this COSMIC version (missing {missing}, unexpected "
+                               f"{unexpected})")
+    return model.to(resolve_device(device)).eval(), Preprocessor.from_state_dict(d["preprocessor"]), params
