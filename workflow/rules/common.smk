@@ -188,10 +188,21 @@ def pair_inputs(wildcards):
 
 
 def cosmic_inputs(wildcards):
-    """The paired cohort, and the foundation model whose decoder renders generated nuclei."""
+    """The paired cohort, the foundation model whose decoder renders generated nuclei, and
+    (demo) the truth files the results are scored against."""
     inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
     if COSMIC_DECODES_IMAGES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
+    if DEMO:  # scored against the generator's truth and oracle ceilings
+        inputs["truth"] = [
+            f"{DEMO_DIR}/{name}"
+            for name in (
+                "ground_truth.tsv",
+                "genes.tsv",
+                "morphology_oracle.tsv",
+                "oracle.json",
+            )
+        ]
     return inputs
 
 

@@ -39,7 +39,6 @@ rule cosmic:
         runtime=120,
     params:
         cosmic=config["cosmic"],
-        truth=DEMO_DIR if DEMO else None,
     script:
         "../scripts/cosmic_model.py"
 

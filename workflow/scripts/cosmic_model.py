@@ -1,6 +1,7 @@
 """Rule `cosmic`: fit the cross-modal model, evaluate on held-out cells, write the outputs."""
 
 import sys
+from functools import partial
 from pathlib import Path
 
 from cosmic.logs import log_to_file
@@ -13,11 +14,7 @@ decode_images = None
 if "foundation" in snakemake.input.keys():
     from cosmic.foundation import decode_embeddings, load_model
 
-    foundation = load_model(snakemake.input.foundation)
-
-    def decode_images(embedding):
-        return decode_embeddings(foundation, embedding)
-
+    decode_images = partial(decode_embeddings, load_model(snakemake.input.foundation))
 
 metrics = run_cosmic(
     snakemake.input.cohort,
@@ -28,7 +25,7 @@ metrics = run_cosmic(
     params=snakemake.params.cosmic,
     figures_dir=Path(snakemake.output.gene_r2).parent,
     decode_images=decode_images,
-    truth=snakemake.params.truth,
+    truth=str(Path(snakemake.input.truth[0]).parent) if "truth" in snakemake.input.keys() else None,
     generated_images=snakemake.output.get("generated_images"),
 )
 print({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, file=sys.stderr)

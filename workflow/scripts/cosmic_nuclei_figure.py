@@ -1,5 +1,6 @@
 """Rule `cosmic_nuclei_figure`: held-out real nuclei beside the nuclei generated from their RNA."""
 
+from functools import partial
 from pathlib import Path
 
 from cosmic.logs import log_to_file
@@ -10,18 +11,11 @@ from cosmic.crossmodal.figures import generated_nuclei_figure
 from cosmic.foundation import decode_embeddings, load_model
 from cosmic.imageio import crop_banks_by_sample, crop_dna_channel
 
-foundation = load_model(snakemake.input.foundation)
-
-
-def decode_images(embedding):
-    return decode_embeddings(foundation, embedding)
-
-
 generated_nuclei_figure(
     snakemake.input.predictions,
     snakemake.input.generated_images,
     Path(snakemake.output.figure).parent,
     crops=crop_banks_by_sample(snakemake.input.crops, snakemake.params.samples),
     dna_channel=crop_dna_channel(snakemake.params.dna_channel, snakemake.input.get("first_image")),
-    decode_images=decode_images,
+    decode_images=partial(decode_embeddings, load_model(snakemake.input.foundation)),
 )

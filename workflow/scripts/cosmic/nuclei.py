@@ -128,6 +128,9 @@ class NucleiParams:
             _num("texture_distances", d, minimum=1, integer=True)
         self.texture_distances = [int(d) for d in dists]
         self.crop()  # validates the crop fields
+        from .config import check_against_schema
+
+        check_against_schema(self, "nuclei")  # the schema's ranges (e.g. crop_size >= 8)
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "NucleiParams":
