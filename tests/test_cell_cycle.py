@@ -226,8 +226,8 @@ def test_dna_content_mixture_on_2n_4n():
 
 # ---------------------------------------------------------------------------------------
 # the stage
-EXPECTED = ["cells.tsv", "confusion.tsv", "summary.json"] + [f"figures/{f}.{ext}" for f in cc.FIGURES
-                                                            for ext in ("png", "txt")]
+EXPECTED = ["cells.tsv", "confusion.tsv", "position_agreement.tsv", "summary.json"] + [
+    f"figures/{f}.{ext}" for f in cc.FIGURES for ext in ("png", "txt")]
 
 
 def test_run_cell_cycle_writes_every_output(tmp_path):
@@ -260,6 +260,9 @@ def test_run_cell_cycle_without_images_or_generated(tmp_path):
     out = tmp_path / "observed"
     summary = cc.run_cell_cycle(cohort, pred, out, params={}, crops=crops)
     assert summary["nuclei_strip"]["source"] == "observed" and "truth" not in summary
+    # no truth and no reference angle: position_agreement.tsv holds the header only
+    table = pd.read_csv(out / "position_agreement.tsv", sep="\t")
+    assert table.empty and list(table.columns) == cc.agreement.AGREEMENT_COLUMNS
     assert "Observed nuclei" in (out / "figures" / "nuclei_along_cycle.txt").read_text()
     # no crops and no predictions (morphology-table cohorts): still every output
     out2 = tmp_path / "none"
@@ -297,7 +300,8 @@ def test_rule_script_contract(tmp_path):
                                   "generated_images": str(pred.with_name("predictions_generated_images.npy")),
                                   "crops": [crops[s] for s in samples], "truth": str(truth / "ground_truth.tsv")}),
         output=Namedlist(fromdict={"summary": str(out / "summary.json"), "cells": str(out / "cells.tsv"),
-                                   "confusion": str(out / "confusion.tsv"), "figures": figures,
+                                   "confusion": str(out / "confusion.tsv"),
+                                   "agreement": str(out / "position_agreement.tsv"), "figures": figures,
                                    "captions": [f.replace(".png", ".txt") for f in figures]}),
         params=Namedlist(fromdict={"cell_cycle": {"seed": 1}, "samples": samples, "truth": str(truth),
                                    "dna_channel": 0}),
@@ -311,8 +315,11 @@ def test_rule_script_contract(tmp_path):
     finally:
         sys.stderr.close()
         sys.stderr = stderr
-    for path in [out / "summary.json", out / "cells.tsv", out / "confusion.tsv", *map(Path, figures)]:
+    for path in [out / "summary.json", out / "cells.tsv", out / "confusion.tsv", out / "position_agreement.tsv",
+                 *map(Path, figures)]:
         assert path.exists(), path
+    table = pd.read_csv(out / "position_agreement.tsv", sep="\t")
+    assert set(table["reference"]) == {"demo_truth"} and (table["n_boot"] == 200).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["params"]["seed"] == 1 and "truth" in summary
     assert "n_cells" in (tmp_path / "cell_cycle.log").read_text()
@@ -333,6 +340,18 @@ def test_peco_fucci_position_tracks_fucci_angle():
     assert np.isfinite(res["circular_correlation"])
     # the PCA position beats the angle of the Tirosh scores (measured agreement 0.35, Fisher-Lee -0.07)
     assert res["circular_agreement"] > res["alternative"]["circular_agreement"]
+    # the plain PC1/PC2 angle of all 101 genes does better (measured 0.457 vs 0.400; paired bootstrap
+    # difference -0.057, 95 % CI -0.089 to -0.020): the table says so
+    base = res["baseline_rna_pc_angle"]
+    assert base["agreement"]["agreement"] == pytest.approx(0.457, abs=0.05)
+    table = pd.DataFrame(res["table"])
+    score = table[table["baseline"].isna()].set_index("method")
+    assert score.loc["cosmic", "mean"] == pytest.approx(res["circular_agreement"])
+    assert score.loc["rna_pc_angle", "mean"] == pytest.approx(base["agreement"]["agreement"])
+    assert (score["ci_low"] < score["mean"]).all() and (score["mean"] < score["ci_high"]).all()
+    diff = table[table["baseline"] == "rna_pc_angle"].iloc[0]
+    assert diff["diff_mean"] == pytest.approx(res["circular_agreement"] - base["agreement"]["agreement"])
+    assert diff["diff_ci_low"] < diff["diff_mean"] < diff["diff_ci_high"]
 
 
 def test_buettner_phase_accuracy_improves_on_tirosh():
@@ -343,3 +362,95 @@ def test_buettner_phase_accuracy_improves_on_tirosh():
     assert res["accuracy_position"] >= 0.687 - 0.05
     assert res["accuracy_position"] > res["accuracy_tirosh"] + 0.1
     assert np.asarray(res["confusion_position"]).sum() == 182
+    # the same label-free rule on the plain PC1/PC2 angle of all genes: measured 0.896 (phase was
+    # sorted and captured apart, so the all-gene PCs may carry capture effects too)
+    assert res["baseline_rna_pc_angle"]["accuracy"] == pytest.approx(0.896, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# the rna_pc_angle baseline and position_agreement.tsv
+def test_rna_pc_angle_recovers_a_planted_angle():
+    rng = np.random.default_rng(4)
+    u = rng.uniform(0, 1, 300)
+    # obsm["X_pca"] whose PC1/PC2 trace the true cycle: agreement with the truth ~1
+    a = ad.AnnData(X=rng.normal(size=(300, 20)).astype(np.float32))
+    a.obsm["X_pca"] = np.c_[np.cos(TWO_PI * u), np.sin(TWO_PI * u), 0.01 * rng.normal(size=(300, 3))]
+    angle, source = cc.rna_pc_angle(a)
+    assert source == "obsm['X_pca']" and np.all((angle >= 0) & (angle < TWO_PI))
+    assert cc.circular_agreement(angle, TWO_PI * u)["agreement"] == pytest.approx(1.0, abs=1e-6)
+    # without X_pca: PCA of X, whose two leading directions carry cos/sin of the true angle
+    loadings = np.linalg.qr(rng.normal(size=(20, 2)))[0].T
+    b = ad.AnnData(X=(np.c_[np.cos(TWO_PI * u), np.sin(TWO_PI * u)] @ loadings * 5
+                      + 0.05 * rng.normal(size=(300, 20))).astype(np.float32))
+    angle, source = cc.rna_pc_angle(b, seed=0)
+    assert source.startswith("PCA of X")
+    assert cc.circular_agreement(angle, TWO_PI * u)["agreement"] > 0.99
+
+
+def test_position_agreement_rows_paired_difference(tmp_path):
+    rng = np.random.default_rng(5)
+    ref = rng.uniform(0, TWO_PI, 400)
+    position = (ref + rng.normal(0, 1.2, 400)) % TWO_PI
+    baseline = (-ref + 1.0 + rng.normal(0, 0.6, 400)) % TWO_PI  # reflected and rotated: still agrees
+    position[:5] = np.nan  # cells without a position are left out of both
+    rows = cc.position_agreement_rows("fucci_theta", position, baseline, ref, seed=3)
+    table = cc.write_position_agreement(tmp_path / "t.tsv", rows)
+    back = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    assert list(back.columns) == cc.agreement.AGREEMENT_COLUMNS == list(table.columns)
+    assert len(back) == 3 and (back["direction"] == "cell_cycle").all() and (back["space"] == "rna").all()
+    assert (back["metric"] == "position_agreement").all() and (back["n_cells"] == 395).all()
+    score = back[back["baseline"].isna()].set_index("method")
+    assert list(score.index) == ["cosmic", "rna_pc_angle"]
+    ok = np.isfinite(position)
+    mean_c = cc.circular_agreement(position[ok], ref[ok])["agreement"]
+    mean_b = cc.circular_agreement(baseline[ok], ref[ok])["agreement"]
+    assert score.loc["cosmic", "mean"] == pytest.approx(mean_c, abs=1e-5)
+    assert score.loc["rna_pc_angle", "mean"] == pytest.approx(mean_b, abs=1e-5)
+    assert mean_b > 0.8 and (score["ci_low"] < score["mean"]).all() and (score["mean"] < score["ci_high"]).all()
+    diff = back[back["baseline"] == "rna_pc_angle"]
+    assert len(diff) == 1 and diff["method"].iloc[0] == "cosmic" and diff["mean"].isna().all()
+    assert diff["diff_mean"].iloc[0] == pytest.approx(mean_c - mean_b, abs=1e-5)
+    assert diff["diff_ci_low"].iloc[0] < diff["diff_mean"].iloc[0] < diff["diff_ci_high"].iloc[0] < 0
+    assert score["diff_mean"].isna().all()
+    # seeded: the same intervals again; no reference: the header only
+    assert cc.position_agreement_rows("fucci_theta", position, baseline, ref, seed=3) == rows
+    empty = cc.write_position_agreement(tmp_path / "empty.tsv", [])
+    assert empty.empty and (tmp_path / "empty.tsv").read_text().strip().split("\t") == cc.agreement.AGREEMENT_COLUMNS
+
+
+def test_run_cell_cycle_reports_the_pc_angle_baseline(tmp_path):
+    """A cohort whose RNA PCA traces the true cycle: the baseline agrees ~1 with the demo truth and
+    with a FUCCI-like reference angle, in summary.json and position_agreement.tsv alike."""
+    cohort, pred, crops, truth = synthetic_cohort(tmp_path, n=160)
+    a = ad.read_h5ad(cohort)
+    u = pd.read_csv(truth / "ground_truth.tsv", sep="\t")["cycle_position"].to_numpy()  # same cell order
+    rng = np.random.default_rng(6)
+    a.obsm["X_pca"] = np.c_[np.cos(TWO_PI * u), np.sin(TWO_PI * u), rng.normal(0, 0.01, (160, 4))]
+    a.obs["theta"] = (TWO_PI * u + rng.normal(0, 0.3, 160)) % TWO_PI
+    a.write_h5ad(cohort)
+    out = tmp_path / "analysis" / "cell_cycle"
+    summary = cc.run_cell_cycle(cohort, pred, out, params={"reference_angle_key": "theta"}, truth_dir=truth,
+                                crops=crops)
+    assert summary["rna"]["baseline_rna_pc_angle_source"] == "obsm['X_pca']"
+    assert summary["truth"]["position_agreement_rna_pc_angle"]["agreement"] == pytest.approx(1.0, abs=1e-6)
+    ref = summary["reference_angle"]
+    assert ref["baseline_rna_pc_angle"]["agreement"]["agreement"] > 0.9
+    assert set(ref) >= {"key", "n", "circular_correlation", "circular_correlation_fl", "agreement"}
+    cells = pd.read_csv(out / "cells.tsv", sep="\t")
+    np.testing.assert_allclose(cells["rna_pc_angle_fraction"], cells["rna_pc_angle"] / TWO_PI, atol=1e-5)
+    table = pd.read_csv(out / "position_agreement.tsv", sep="\t")
+    assert len(table) == 6 and set(table["reference"]) == {"fucci_theta", "demo_truth"}
+    assert list(table.columns) == cc.agreement.AGREEMENT_COLUMNS
+    for name, expected in (("fucci_theta", ref), ("demo_truth", None)):
+        rows = table[table["reference"] == name]
+        score = rows[rows["baseline"].isna()].set_index("method")["mean"]
+        if expected is not None:  # the same number as summary.json
+            assert score["cosmic"] == pytest.approx(expected["agreement"]["agreement"], abs=1e-5)
+            assert score["rna_pc_angle"] == pytest.approx(expected["baseline_rna_pc_angle"]["agreement"]["agreement"],
+                                                          abs=1e-5)
+        else:
+            assert score["cosmic"] == pytest.approx(summary["truth"]["position_agreement"]["agreement"], abs=1e-5)
+            assert score["rna_pc_angle"] == pytest.approx(1.0, abs=1e-5)
+        diff = rows[rows["baseline"] == "rna_pc_angle"]["diff_mean"].iloc[0]
+        assert diff == pytest.approx(score["cosmic"] - score["rna_pc_angle"], abs=2e-5)
+        assert (rows["n_cells"] == 160).all()

@@ -27,10 +27,18 @@ PARAMS = {
     "morphology_table": ("cosmic.morphology_table", "MorphologyTableParams"),
     "foundation": ("cosmic.foundation.params", "FoundationParams"),
     "cosmic": ("cosmic.crossmodal.params", "CosmicParams"),
+    "cosmic.evaluation": ("cosmic.evaluation.params", "EvaluationParams"),
     "cell_cycle": ("cosmic.cell_cycle", "CellCycleParams"),
     "drug_response": ("cosmic.drug_response", "DrugResponseParams"),
     "demo_dataset": ("cosmic.demo", "DemoSettings"),
 }
+
+
+def _block_schema(block):
+    schema = SCHEMA
+    for part in block.split("."):
+        schema = schema["properties"][part]
+    return schema
 
 
 def _params_class(block):
@@ -50,6 +58,8 @@ def _default(field):
 
 def test_every_config_block_with_keys_has_a_params_class():
     blocks = {k for k, v in SCHEMA["properties"].items() if v.get("type") == "object" and v.get("properties")}
+    blocks |= {f"cosmic.{k}" for k, v in SCHEMA["properties"]["cosmic"]["properties"].items()
+               if v.get("type") == "object"}
     # imaging and external_embedding are read by the rules directly (channel name, file column).
     assert blocks - set(PARAMS) == {"imaging", "external_embedding"}
 
@@ -57,7 +67,7 @@ def test_every_config_block_with_keys_has_a_params_class():
 @pytest.mark.parametrize("block", sorted(PARAMS))
 def test_dataclass_fields_and_defaults_match_the_schema(block):
     cls = _params_class(block)
-    keys = SCHEMA["properties"][block]["properties"]
+    keys = _block_schema(block)["properties"]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     assert set(fields) == set(keys), f"{block}: fields and schema keys differ"
     for key, spec in keys.items():
@@ -87,7 +97,9 @@ def _out_of_range(spec):
 def test_dataclass_rejects_what_the_schema_rejects(block):
     cls = _params_class(block)
     accepted = []
-    for key, spec in SCHEMA["properties"][block]["properties"].items():
+    for key, spec in _block_schema(block)["properties"].items():
+        if spec.get("type") == "object":
+            continue  # nested blocks are checked under their own name
         for bound, value in _out_of_range(spec):
             try:
                 cls(**{key: value})

@@ -194,6 +194,23 @@ def test_sliced_wasserstein_zero_for_identical_and_grows_with_shift():
     assert M.sliced_wasserstein(x, x + 1, seed=3) == M.sliced_wasserstein(x, x + 1, seed=3)
 
 
+def test_sliced_wasserstein_is_pots_estimator_and_only_p2():
+    import ot
+
+    rng = np.random.default_rng(18)
+    x, y = rng.normal(size=(300, 6)), 0.8 * rng.normal(size=(120, 6)) + 0.3  # unequal sizes too
+    for seed in (0, 5):
+        pot = ot.sliced_wasserstein_distance(x, y, n_projections=64, p=2, seed=seed)
+        assert M.sliced_wasserstein(x, y, n_projections=64, seed=seed) == pytest.approx(pot, rel=1e-12)
+    # a pure shift s moves every projection by theta.s: exactly sqrt(mean (theta.s)^2) over POT's directions
+    s = np.arange(6.0) - 2.0
+    theta = ot.sliced.get_random_projections(6, 128, seed=2)
+    assert M.sliced_wasserstein(x, x + s, seed=2) == pytest.approx(np.sqrt(np.mean((s @ theta) ** 2)), rel=1e-9)
+    with pytest.raises(ValueError, match="p=2"):
+        M.sliced_wasserstein(x, y, p=1)
+    assert np.isnan(M.sliced_wasserstein(x[:0], y))
+
+
 def test_knn_accuracy_half_for_same_distribution_one_for_separated():
     rng = np.random.default_rng(14)
     real, same = rng.normal(size=(500, 5)), rng.normal(size=(500, 5))

@@ -1,5 +1,7 @@
 # Cell cycle read from RNA (Tirosh scoring, continuous position) and from morphology (DNA
 # content, nuclear area, features), their agreement, and nuclei along the RNA-defined cycle.
+# position_agreement.tsv: the position and the rna_pc_angle baseline against the reference
+# angle / demo truth, with bootstrap intervals (header only without a reference).
 
 
 rule cell_cycle:
@@ -13,6 +15,7 @@ rule cell_cycle:
         summary=f"{RESULTS}/analysis/cell_cycle/summary.json",
         cells=f"{RESULTS}/analysis/cell_cycle/cells.tsv",
         confusion=f"{RESULTS}/analysis/cell_cycle/confusion.tsv",
+        agreement=f"{RESULTS}/analysis/cell_cycle/position_agreement.tsv",
         figures=report(
             expand(
                 f"{RESULTS}/analysis/cell_cycle/figures/{{figure}}.png",

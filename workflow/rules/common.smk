@@ -96,6 +96,7 @@ COSMIC_REPRESENTATION = for_workflow(
 
 
 wildcard_constraints:
+    split=r"\d+",
     sample="|".join(SAMPLES.index) if len(SAMPLES) else "[A-Za-z0-9_-]+",
     image="[^/]+",
 
@@ -220,6 +221,28 @@ def cosmic_nuclei_figure_inputs(wildcards):
     return inputs
 
 
+# Repeated held-out evaluation (cosmic.evaluation.n_splits splits; split 0 is the cosmic rule's).
+N_SPLITS = config["cosmic"]["evaluation"]["n_splits"]
+
+
+def split_table(split):
+    return f"{RESULTS}/cosmic/evaluation/splits/split_{split}.tsv"
+
+
+def cosmic_split_inputs(wildcards):
+    """The cohort; for split 0 the `cosmic` rule's model (same seed, same cells); when COSMIC
+    renders nuclei, the foundation model and crop banks that score them as images."""
+    inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
+    if int(wildcards.split) == 0:
+        inputs["fitted"] = f"{RESULTS}/models/cosmic/model.pt"
+    if COSMIC_DECODES_IMAGES:
+        inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
+        inputs["crops"] = crops_inputs()
+        if isinstance(config["imaging"]["dna_channel"], str) and FIRST_IMAGE:
+            inputs["first_image"] = FIRST_IMAGE
+    return inputs
+
+
 # Report notebooks in workflow/notebooks/, in the order the index lists them.
 REPORTS = ["qc", "cosmic", "cell_cycle", "drug_response"]
 if not MORPHOLOGY_TABLES:
@@ -292,6 +315,9 @@ def report_inputs(wildcards):
             f"{RESULTS}/cosmic/metrics.json",
             f"{RESULTS}/cosmic/variance_decomposition.tsv",
             f"{RESULTS}/cosmic/predictions.h5ad",
+            f"{RESULTS}/cosmic/evaluation/summary.tsv",
+            f"{RESULTS}/cosmic/evaluation/paired.tsv",
+            f"{RESULTS}/cosmic/evaluation/figures/paired_differences.png",
         ]
         data += GENERATED_NUCLEI_FILES
     elif name == "cell_cycle":
@@ -352,6 +378,8 @@ def all_outputs():
         f"{RESULTS}/paired/cohort.h5ad",
         f"{RESULTS}/paired/pairing_summary.tsv",
         f"{RESULTS}/cosmic/metrics.json",
+        f"{RESULTS}/cosmic/evaluation/summary.tsv",
+        f"{RESULTS}/cosmic/evaluation/paired.tsv",
         *GENERATED_NUCLEI_FILES,
         f"{RESULTS}/analysis/cell_cycle/summary.json",
         f"{RESULTS}/analysis/drug_response/summary.json",

@@ -15,6 +15,7 @@ if "pairing" in snakemake.input.keys():
     table = read_pairing_table(snakemake.input.pairing, sample=snakemake.wildcards.sample)
     positions = table.loc[table["image"] == snakemake.params.image_name, ["y", "x"]].to_numpy()
 
+info = {}  # filled with the diameter used and what each filter removed
 n = segment_image_file(
     snakemake.input.image,
     snakemake.output.mask,
@@ -23,5 +24,12 @@ n = segment_image_file(
     z_projection=snakemake.params.z_projection,
     sample=snakemake.wildcards.sample,
     positions_yx=positions,
+    info=info,
 )
-print(f"{snakemake.input.image}: {n} nuclei", file=sys.stderr)
+print(
+    f"{snakemake.input.image}: {n} nuclei; nucleus diameter {info['nucleus_diameter']:.1f} px "
+    f"({info['diameter_source']}); of {info['candidates']} candidates removed "
+    f"{info['removed_too_small']} too small, {info['removed_too_large']} too large, "
+    f"{info['removed_border']} on the border ({info['removed_specks']} specks dropped before)",
+    file=sys.stderr,
+)

@@ -42,7 +42,9 @@ def check_against_schema(params, block: str) -> None:
         return value
 
     values = {f.name: plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
-    block_schema = config_schema()["properties"][block]
+    block_schema = config_schema()
+    for part in block.split("."):  # nested blocks such as "cosmic.evaluation"
+        block_schema = block_schema["properties"][part]
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(block_schema).iter_errors(values))
     if error is not None:
         raise CosmicInputError(f"config '{block}': key '{_key_path(error)}': {_message(error)}. "

@@ -16,7 +16,9 @@ Pipeline (``segment_nuclei``):
 6. area and border filters, consecutive relabelling.
 
 Every length-scale follows from one parameter, ``nucleus_diameter`` (pixels, like
-cellpose's diameter); any derived value can also be set explicitly. Images with large
+cellpose's diameter, or ``"auto"``: measured on each image by
+:func:`cosmic.segmentation_size.estimate_nucleus_diameter`); any derived value can also be
+set explicitly. Images with large
 nuclei (``nucleus_diameter >= 2 * working_diameter``) are processed on an integer-downsampled
 copy and the labels brought back to full resolution, which keeps throughput roughly
 independent of magnification.
@@ -25,37 +27,54 @@ independent of magnification.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters, morphology, segmentation, transform
-from skimage.feature import peak_local_max
+from skimage import filters, morphology, segmentation
 
 from .atomic import atomic_path
-from .errors import CosmicInputError
+from .errors import CosmicInputError, describe
+from .segmentation_size import FALLBACK_DIAMETER, estimate_nucleus_diameter, normalise
+from .segmentation_size import downscale as _downscale
+from .segmentation_split import split_at_positions, split_touching
 
 __all__ = [
     "SegmentationParams",
+    "SegmentationWarning",
     "THRESHOLD_METHODS",
+    "estimate_nucleus_diameter",
     "segment_nuclei",
     "segment_image_file",
+    "split_at_positions",
     "write_mask",
 ]
+
+log = logging.getLogger(__name__)
 
 # gain inside log(1 + gain * x) for the optional log transform (x is scaled to ~0..1)
 LOG_GAIN = 30.0
 THRESHOLD_METHODS = ("otsu", "li", "mean", "triangle", "local")
+AUTO = "auto"
+SIZE_FILTER_WARN_FRACTION = 0.25
+"""Warn when the area filters remove more than this fraction of the candidate nuclei."""
+
+
+class SegmentationWarning(UserWarning):
+    """An image whose segmentation looks wrong (no nuclei, most objects filtered out)."""
 
 
 @dataclass
 class SegmentationParams:
     """Parameters of :func:`segment_nuclei`. ``None`` means "derive from nucleus_diameter"."""
 
-    nucleus_diameter: float = 30.0
-    """Typical nucleus diameter in pixels; all other length-scales derive from it."""
+    nucleus_diameter: float | str = 30.0
+    """Typical nucleus diameter in pixels, or "auto" (measured on each image); all other
+    length-scales derive from it."""
     threshold: str = "local"
     """Foreground threshold: otsu | li | mean | triangle | local."""
     threshold_scale: float = 1.0
@@ -79,7 +98,7 @@ class SegmentationParams:
     fill_holes: bool = True
     """Fill holes inside nuclei."""
     min_area: float | None = None
-    """Smallest nucleus kept (px); default 0.1 x area of a nucleus_diameter disk."""
+    """Smallest nucleus kept (px); default 0.2 x area of a nucleus_diameter disk."""
     max_area: float | None = None
     """Largest nucleus kept (px); default 10 x area of a nucleus_diameter disk."""
     remove_border_nuclei: bool = False
@@ -94,25 +113,41 @@ class SegmentationParams:
 
     # ---- derived values -------------------------------------------------------------
     @property
+    def fixed_diameter(self) -> float | None:
+        """The configured diameter in pixels, or None for "auto" (measured per image)."""
+        return None if self.nucleus_diameter == AUTO else float(self.nucleus_diameter)
+
+    @property
+    def diameter(self) -> float:
+        """The diameter every derived length uses; "auto" must be resolved first."""
+        if self.fixed_diameter is None:
+            raise ValueError('nucleus_diameter is "auto": resolve it for an image first '
+                             "(SegmentationParams.with_diameter(estimate_nucleus_diameter(image)))")
+        return self.fixed_diameter
+
+    def with_diameter(self, diameter: float) -> "SegmentationParams":
+        return self.replace(nucleus_diameter=float(diameter))
+
+    @property
     def expected_area(self) -> float:
-        return math.pi * (self.nucleus_diameter / 2) ** 2
+        return math.pi * (self.diameter / 2) ** 2
 
     @property
     def sigma(self) -> float:
-        return self.smoothing_sigma if self.smoothing_sigma is not None else self.nucleus_diameter / 15
+        return self.smoothing_sigma if self.smoothing_sigma is not None else self.diameter / 15
 
     @property
     def bg_radius(self) -> float:
-        return self.background_radius if self.background_radius is not None else 2 * self.nucleus_diameter
+        return self.background_radius if self.background_radius is not None else 2 * self.diameter
 
     @property
     def min_distance(self) -> int:
-        v = self.seed_min_distance if self.seed_min_distance is not None else 0.3 * self.nucleus_diameter
+        v = self.seed_min_distance if self.seed_min_distance is not None else 0.3 * self.diameter
         return max(1, int(round(v)))
 
     @property
     def h(self) -> float:
-        return self.seed_h if self.seed_h is not None else 0.05 * self.nucleus_diameter
+        return self.seed_h if self.seed_h is not None else 0.05 * self.diameter
 
     @property
     def area_min(self) -> float:
@@ -124,7 +159,7 @@ class SegmentationParams:
 
     @property
     def block_size(self) -> int:
-        b = self.local_block_size if self.local_block_size is not None else int(2 * self.nucleus_diameter)
+        b = self.local_block_size if self.local_block_size is not None else int(2 * self.diameter)
         return max(3, int(b) | 1)  # odd
 
     # ---- construction / validation ------------------------------------------------
@@ -149,7 +184,14 @@ class SegmentationParams:
                     f"number, got {v!r}"
                 )
 
-        positive("nucleus_diameter", allow_none=False)
+        if self.nucleus_diameter != AUTO:
+            try:
+                positive("nucleus_diameter", allow_none=False)
+            except CosmicInputError:
+                raise CosmicInputError(
+                    f'segmentation parameter nucleus_diameter must be "auto" or a positive number '
+                    f"(pixels), got {self.nucleus_diameter!r}"
+                ) from None
         positive("threshold_scale", allow_none=False)
         positive("smoothing_sigma", allow_zero=True)
         positive("background_radius", allow_zero=True)
@@ -201,16 +243,6 @@ def _noise_floor(img: np.ndarray, k: float = 3.0) -> float:
     return med + k * max(mad, 1e-6)
 
 
-def _downscale(img: np.ndarray, factor: int) -> np.ndarray:
-    """Block-mean downsampling by an integer factor; a partial last block is edge-padded
-    (not zero-padded) so borders keep their level."""
-    H, W = img.shape
-    ph, pw = (-H) % factor, (-W) % factor
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw)), mode="edge")
-    return transform.downscale_local_mean(img, (factor, factor)).astype(np.float32)
-
-
 def _upsample(small: np.ndarray, shape, factor: int) -> np.ndarray:
     """Bilinear upsampling of an image downsampled by ``downscale_local_mean(., factor)``
     (pixel centres aligned), cropped to ``shape``."""
@@ -250,104 +282,13 @@ def _threshold_score(img: np.ndarray, params: SegmentationParams) -> np.ndarray:
     return img - np.float32(t * params.threshold_scale)
 
 
-def _merge_shallow(ws: np.ndarray, dist: np.ndarray, h: float, peak_values=None) -> np.ndarray:
-    """Merge watershed regions of ``dist`` whose separating saddle lies less than ``h`` below
-    the lower of their two peaks (the result equals seeding with the h-maxima of ``dist``,
-    without the cost of a morphological reconstruction). ``peak_values[i-1]`` is the maximum
-    of region ``i`` (its seed's value) when known."""
-    k = int(ws.max())
-    if k < 2:
-        return ws
-    peak = np.zeros(k + 1, dtype=np.float64)
-    if peak_values is None:
-        peak[1:] = ndi.maximum(dist, ws, index=np.arange(1, k + 1))
-    else:
-        peak[1:] = peak_values
-    keys, passes = [], []
-    for a, b, da, db in (
-        (ws[:-1], ws[1:], dist[:-1], dist[1:]),
-        (ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]),
-    ):
-        sel = (a != b) & (a > 0) & (b > 0)
-        if sel.any():
-            lo = np.minimum(a[sel], b[sel]).astype(np.int64)
-            hi = np.maximum(a[sel], b[sel]).astype(np.int64)
-            keys.append(lo * (k + 1) + hi)
-            passes.append(np.minimum(da[sel], db[sel]))
-    if not keys:
-        return ws
-    keys = np.concatenate(keys)
-    passes = np.concatenate(passes)
-    order = np.argsort(keys, kind="stable")
-    keys, passes = keys[order], passes[order]
-    uniq, start = np.unique(keys, return_index=True)
-    saddle = np.maximum.reduceat(passes, start)
-    parent = list(range(k + 1))
-    top = peak.tolist()
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for key, sad in sorted(zip(uniq.tolist(), saddle.tolist()), key=lambda t: -t[1]):
-        ra, rb = find(key // (k + 1)), find(key % (k + 1))
-        if ra == rb:
-            continue
-        if min(top[ra], top[rb]) - sad < h:
-            if top[ra] < top[rb]:
-                ra, rb = rb, ra
-            parent[rb] = ra
-    roots = np.array([find(i) for i in range(k + 1)])
-    _, lut = np.unique(roots, return_inverse=True)  # 0 stays 0 (root of 0 is 0, smallest)
-    return lut[ws]
-
-
-def _split(mask: np.ndarray, params: SegmentationParams) -> np.ndarray:
-    """Label the foreground, splitting touching nuclei by a distance-transform watershed.
-
-    Seeds are local maxima of the smoothed distance transform at least ``min_distance``
-    apart; regions whose separating saddle is shallower than ``h`` are merged back. Only
-    components with several seeds are flooded (on their bounding box), which keeps it fast.
-    """
-    comps, n = ndi.label(mask)
-    if n == 0 or not params.split_touching:
-        return comps
-    dist = ndi.distance_transform_edt(mask).astype(np.float32)
-    dist = ndi.gaussian_filter(dist, max(1.0, params.nucleus_diameter / 20))
-    dist[~mask] = 0
-    peaks = peak_local_max(dist, min_distance=params.min_distance, threshold_abs=0.5,
-                           exclude_border=False)
-    if len(peaks) == 0:
-        return comps
-    comp_of_peak = comps[peaks[:, 0], peaks[:, 1]]
-    peaks, comp_of_peak = peaks[comp_of_peak > 0], comp_of_peak[comp_of_peak > 0]
-    counts = np.bincount(comp_of_peak, minlength=n + 1)
-    is_multi = counts > 1
-    if not is_multi.any():
-        return comps
-    # flood only the components with several seeds, all at once
-    sel = is_multi[comp_of_peak]
-    peaks = peaks[sel]
-    region = is_multi[comps]
-    markers = np.zeros(mask.shape, dtype=np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    ws = segmentation.watershed(-dist, markers, mask=region)
-    if params.h > 0:
-        ws = _merge_shallow(ws, dist, params.h, dist[peaks[:, 0], peaks[:, 1]])
-    out = np.where(region, ws + n, comps).astype(np.int32)
-    out[region & (ws == 0)] = 0
-    return out
-
-
 def _scaled(params: SegmentationParams, k: int) -> SegmentationParams:
     """Parameters for an image downsampled by an integer factor ``k``."""
     if k == 1:
         return params
     div = lambda v, p=1: None if v is None else v / k**p  # noqa: E731
     return params.replace(
-        nucleus_diameter=params.nucleus_diameter / k,
+        nucleus_diameter=params.diameter / k,
         smoothing_sigma=div(params.smoothing_sigma),
         background_radius=div(params.background_radius),
         seed_min_distance=div(params.seed_min_distance),
@@ -370,57 +311,56 @@ def _foreground_score(img: np.ndarray, params: SegmentationParams) -> np.ndarray
     return _threshold_score(img, params)
 
 
-def _labels_from_score(score: np.ndarray, params: SegmentationParams) -> np.ndarray:
+def _labels_from_score(score: np.ndarray, params: SegmentationParams, counts: dict) -> np.ndarray:
     mask = score > 0
     if params.fill_holes:
         mask = ndi.binary_fill_holes(mask)
-    mask = morphology.remove_small_objects(mask, max_size=max(1, int(params.area_min * 0.5)))
-    return _split(mask, params)
+    # specks (at most half the smallest nucleus) go before splitting
+    comps, _ = ndi.label(mask)
+    speck = np.bincount(comps.ravel()) <= max(1, int(params.area_min * 0.5))
+    speck[0] = False
+    if speck.any():
+        mask &= ~speck[comps]
+        counts["removed_specks"] += int(speck.sum())
+    return split_touching(mask, params)
 
 
-def _area_filter(labels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def _area_filter(labels: np.ndarray, lo: float, hi: float, counts: dict | None = None) -> np.ndarray:
     areas = np.bincount(labels.ravel())
-    bad = (areas < lo) | (areas > hi)
-    bad[0] = False
+    small, large = areas < lo, areas > hi
+    small[0] = large[0] = False
+    small &= areas > 0
+    if counts is not None:
+        counts["removed_too_small"] += int(small.sum())
+        counts["removed_too_large"] += int(large.sum())
+    bad = small | large
     if bad.any():
         labels[bad[labels]] = 0
     return labels
 
 
-def segment_nuclei(dna_yx: np.ndarray, params: SegmentationParams | None = None) -> np.ndarray:
-    """Segment nuclei in a 2-D DNA image; return an int32 label image (0 = background).
+def _n_objects(labels: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
 
-    Images whose nuclei are much larger than ``working_diameter`` are segmented on a copy
-    downsampled by an integer factor; the labels are brought back to full resolution and
-    their outlines re-drawn from the (smooth, interpolated) foreground score.
-    """
-    params = params or SegmentationParams()
-    img = np.asarray(dna_yx, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"segment_nuclei expects a 2-D image, got shape {img.shape}")
-    if img.size == 0 or float(img.max()) == float(img.min()):
-        return np.zeros(img.shape, dtype=np.int32)
-    # normalise to a robust 0..1-ish range so the thresholds behave the same for any dtype
-    step = max(1, int(math.sqrt(img.size / 250_000)))
-    lo, hi = np.percentile(img[::step, ::step], [0.5, 99.9])
-    if hi <= lo:
-        lo, hi = float(img.min()), float(img.max())
-    img = (img - lo) * np.float32(1.0 / (hi - lo))
 
+def _segment(img: np.ndarray, params: SegmentationParams, counts: dict) -> np.ndarray:
+    """Labels of a normalised image whose diameter is known (see :func:`segment_nuclei`)."""
     wd = params.working_diameter
-    k = int(params.nucleus_diameter // wd) if wd else 1
+    k = int(params.diameter // wd) if wd else 1
     k = k if k >= 2 else 1
     if k == 1:
-        labels = _labels_from_score(_foreground_score(img, params), params)
-        labels = _area_filter(labels, params.area_min, params.area_max)
+        labels = _labels_from_score(_foreground_score(img, params), params, counts)
+        counts["candidates"] = _n_objects(labels)
+        labels = _area_filter(labels, params.area_min, params.area_max, counts)
     else:
         sp = _scaled(params, k)
         small = _downscale(img, k)
         score_small = _foreground_score(small, sp)
-        lab_small = _labels_from_score(score_small, sp)
+        lab_small = _labels_from_score(score_small, sp, counts)
         # inside filled holes the score is <= 0: lift it so the upsampled outline keeps them
         score_small[(lab_small > 0) & (score_small <= 0)] = 1e-3
-        lab_small = _area_filter(lab_small, sp.area_min, sp.area_max)
+        counts["candidates"] = _n_objects(lab_small)
+        lab_small = _area_filter(lab_small, sp.area_min, sp.area_max, counts)
         # cover the smooth outline: grow labels by one coarse pixel, upsample by repetition
         grown = ndi.grey_dilation(lab_small, size=(3, 3))
         lab_small = np.where(lab_small > 0, lab_small, grown)
@@ -429,23 +369,93 @@ def segment_nuclei(dna_yx: np.ndarray, params: SegmentationParams | None = None)
         # bilinear upsampling of the score gives smooth outlines at full resolution
         score = _upsample(score_small, img.shape, k)
         labels[score <= 0] = 0
-        labels = _area_filter(labels, params.area_min, params.area_max)
+        labels = _area_filter(labels, params.area_min, params.area_max, counts)
     if params.remove_border_nuclei:
+        before = _n_objects(labels)
         labels = segmentation.clear_border(labels)
+        counts["removed_border"] += before - _n_objects(labels)
     present = np.bincount(labels.ravel())[1:] > 0
     if not present.all():
         labels, _, _ = segmentation.relabel_sequential(labels)
     return labels.astype(np.int32, copy=False)
 
 
-def write_mask(labels: np.ndarray, mask_path) -> None:
-    """Write a label image as a zlib-compressed uint16 (or uint32) TIFF, atomically."""
+def _resolve_diameter(img: np.ndarray, params: SegmentationParams, where: str):
+    """(params with a numeric diameter, where it came from: config | auto | fallback)."""
+    if params.fixed_diameter is not None:
+        return params, "config"
+    d = estimate_nucleus_diameter(img, normalised=True) if img.size and img.max() > img.min() else math.nan
+    if math.isfinite(d):
+        log.info("%s: nucleus diameter estimated from the image: %.1f px", where, d)
+        return params.with_diameter(d), "auto"
+    warnings.warn(f"{where}: found nothing nucleus-like to measure the nucleus diameter on; "
+                  f"using {FALLBACK_DIAMETER:g} px", SegmentationWarning, stacklevel=3)
+    return params.with_diameter(FALLBACK_DIAMETER), "fallback"
+
+
+def _warn_if_suspicious(info: dict, params: SegmentationParams, where: str) -> None:
+    d = f"nucleus diameter {info['nucleus_diameter']:.1f} px ({info['diameter_source']})"
+    if info["nuclei"] == 0:
+        warnings.warn(f"{where}: no nuclei found ({d}); check the image, imaging.dna_channel and "
+                      "segmentation.nucleus_diameter", SegmentationWarning, stacklevel=3)
+    small, large = info["removed_too_small"], info["removed_too_large"]
+    if small + large >= 2 and small + large > SIZE_FILTER_WARN_FRACTION * info["candidates"]:
+        warnings.warn(
+            f"{where}: the size filters removed {small + large} of {info['candidates']} objects "
+            f"({small} under {params.area_min:.0f} px, {large} over {params.area_max:.0f} px; {d}); "
+            "is segmentation.nucleus_diameter right for this magnification? Try 'auto'.",
+            SegmentationWarning, stacklevel=3,
+        )
+
+
+def segment_nuclei(dna_yx: np.ndarray, params: SegmentationParams | None = None,
+                   info: dict | None = None, name: str | None = None) -> np.ndarray:
+    """Segment nuclei in a 2-D DNA image; return an int32 label image (0 = background).
+
+    With ``nucleus_diameter: "auto"`` the diameter is first measured on the image
+    (:func:`estimate_nucleus_diameter`). Images whose nuclei are much larger than
+    ``working_diameter`` are segmented on a copy downsampled by an integer factor; the labels
+    are brought back to full resolution and their outlines re-drawn from the (smooth,
+    interpolated) foreground score.
+
+    ``info``: a dict to fill with ``nucleus_diameter`` (px, as used), ``diameter_source``
+    (config | auto | fallback), ``nuclei``, ``candidates`` (objects before the area filters),
+    ``removed_specks``, ``removed_too_small``, ``removed_too_large`` and ``removed_border``.
+    ``name`` names the image in warnings (no nuclei; size filters removing over
+    ``SIZE_FILTER_WARN_FRACTION`` of the objects).
+    """
+    params = params or SegmentationParams()
+    img = np.asarray(dna_yx, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"segment_nuclei expects a 2-D image, got shape {img.shape}")
+    where = name or "image"
+    counts = dict.fromkeys(("candidates", "removed_specks", "removed_too_small", "removed_too_large",
+                            "removed_border"), 0)
+    if img.size == 0 or float(img.max()) == float(img.min()):
+        params, source = _resolve_diameter(img, params, where)
+        labels = np.zeros(img.shape, dtype=np.int32)
+    else:
+        img = normalise(img)  # robust 0..1 range: thresholds behave the same for any dtype
+        params, source = _resolve_diameter(img, params, where)
+        labels = _segment(img, params, counts)
+    record = {"nucleus_diameter": params.diameter, "diameter_source": source,
+              "nuclei": _n_objects(labels), **counts}
+    _warn_if_suspicious(record, params, where)
+    if info is not None:
+        info.update(record)
+    return labels
+
+
+def write_mask(labels: np.ndarray, mask_path, metadata: dict | None = None) -> None:
+    """Write a label image as a zlib-compressed uint16 (or uint32) TIFF, atomically.
+
+    ``metadata`` (JSON-able) goes into the TIFF description (``TiffFile.shaped_metadata``)."""
     n = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     with atomic_path(mask_path) as tmp:
         import tifffile
 
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", metadata=dict(metadata or {}))
 
 
 def segment_image_file(
@@ -456,67 +466,33 @@ def segment_image_file(
     z_projection: str = "max",
     sample: str | None = None,
     positions_yx=None,
+    info: dict | None = None,
 ) -> int:
     """Read an image, segment its DNA channel, write the label TIFF; return the nucleus count.
 
     ``positions_yx``: recorded cell positions in this image (from the pairing table); nuclei
-    holding several of them are split (see :func:`split_at_positions`).
+    holding several of them are split (see :func:`split_at_positions`). ``info``: a dict to
+    fill as in :func:`segment_nuclei` (plus ``split_at_positions``); the diameter used and its
+    source are also stored in the mask's TIFF description.
     """
     from .imageio import read_image
 
     if not isinstance(params, SegmentationParams):
         params = SegmentationParams.from_config(params)
     image = read_image(image_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
-    labels = segment_nuclei(image.dna, params)
+    record = {}
+    labels = segment_nuclei(image.dna, params, info=record, name=describe(image_path, sample))
     if positions_yx is not None:
-        labels, _ = split_at_positions(labels, positions_yx, min_area=params.area_min)
-    write_mask(labels, mask_path)
+        used = params.with_diameter(record["nucleus_diameter"])
+        labels, record["split_at_positions"] = split_at_positions(labels, positions_yx, min_area=used.area_min)
+        record["nuclei"] = int(labels.max())
+    write_mask(labels, mask_path, metadata={k: record[k] for k in ("nucleus_diameter", "diameter_source")})
+    if info is not None:
+        info.update(record)
     return int(labels.max())
 
 
-def split_at_positions(labels: np.ndarray, positions_yx, min_area: float = 0.0) -> tuple[np.ndarray, int]:
-    """Split nuclei that hold several recorded cell positions; return (labels, number split).
+if __name__ == "__main__":  # python -m cosmic.segmentation IMAGES_DIR OUT_DIR [options]
+    from cosmic.segmentation_cli import main
 
-    IRIS-like platforms record where each barcoded cell sits. A segmented object holding two
-    or more such positions is two touching nuclei merged by the segmentation: it is split by a
-    watershed on its distance transform, seeded at those positions. A split whose smallest part
-    would be below ``min_area`` pixels, or whose positions are closer than the diameter of a
-    nucleus of ``min_area``, is not made (the positions are then more likely noise).
-    """
-    from skimage.segmentation import relabel_sequential, watershed
-
-    positions = np.asarray(positions_yx, dtype=float).reshape(-1, 2)
-    if labels.max() == 0 or len(positions) < 2:
-        return labels, 0
-    iy = np.round(positions[:, 0]).astype(int)
-    ix = np.round(positions[:, 1]).astype(int)
-    inside = (iy >= 0) & (iy < labels.shape[0]) & (ix >= 0) & (ix < labels.shape[1])
-    iy, ix = iy[inside], ix[inside]
-    hit = labels[iy, ix]
-    values, counts = np.unique(hit[hit > 0], return_counts=True)
-    out = labels.copy()
-    next_label = int(labels.max()) + 1
-    boxes = ndi.find_objects(labels)
-    n_split = 0
-    for value in values[counts > 1]:
-        box = boxes[value - 1]
-        region = out[box] == value
-        markers = np.zeros(region.shape, np.int32)
-        for k, (y, x) in enumerate(zip(iy[hit == value], ix[hit == value]), start=1):
-            markers[y - box[0].start, x - box[1].start] = k
-        seeds = np.column_stack([iy[hit == value], ix[hit == value]]).astype(float)
-        gaps = np.sqrt(((seeds[:, None] - seeds[None]) ** 2).sum(-1))[np.triu_indices(len(seeds), 1)]
-        if gaps.min() < max(2.0 * np.sqrt(min_area / np.pi), 1.0):
-            continue  # closer than two of the smallest nuclei allowed: not two nuclei
-        parts = watershed(-ndi.distance_transform_edt(region), markers, mask=region)
-        sizes = np.bincount(parts.ravel())[1:]
-        if sizes.min() < max(min_area, 1):
-            continue
-        window = out[box]
-        for k in range(2, len(sizes) + 1):
-            window[parts == k] = next_label
-            next_label += 1
-        n_split += 1
-    if n_split:
-        out = relabel_sequential(out)[0]
-    return out, n_split
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """The `cell_cycle` stage (:func:`run_cell_cycle`): read the paired cohort and COSMIC's predictions,
 read the cycle from RNA and from morphology, compare the two, draw the figures and write
-``cells.tsv``, ``confusion.tsv`` and ``summary.json``."""
+``cells.tsv``, ``confusion.tsv``, ``position_agreement.tsv`` (the position and the ``rna_pc_angle``
+baseline against each reference angle, see :mod:`.agreement`) and ``summary.json``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pandas as pd
 from ..atomic import atomic_path, write_json
 from ..errors import CosmicInputError, describe
 from ..truth import cell_cycle as cell_cycle_truth  # a module: truth.cell_cycle imports this package
-from .agreement import phase_agreement, reference_angle_agreement
+from .agreement import (BASELINE, phase_agreement, position_agreement_rows, reference_angle_agreement,
+                        reference_name, rna_pc_angle, write_position_agreement)
 from .circular import circular_scores
 from .figures import draw_figures
 from .morphology import DnaContentModel, dna_content_phases, find_feature, log_dna, morphology_phase_cv, \
@@ -36,8 +38,8 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
     cells (``cosmic/predictions_generated_images.npy`` as the rule declares it; None when COSMIC
     renders none). ``crops``: sample -> ``crops.npy`` (observed nuclei for the strip when there
     are no generated images). ``truth_dir``: the demo's ground-truth directory (scores against
-    the truth when given). Writes ``cells.tsv``, ``confusion.tsv``, ``summary.json`` and
-    ``figures/*.png`` (+ ``.txt`` captions) under ``outdir``; returns the summary.
+    the truth when given). Writes ``cells.tsv``, ``confusion.tsv``, ``position_agreement.tsv``,
+    ``summary.json`` and ``figures/*.png`` (+ ``.txt`` captions) under ``outdir``; returns the summary.
     """
     p = params if isinstance(params, CellCycleParams) else CellCycleParams.from_config(params)
     outdir = Path(outdir)
@@ -50,8 +52,10 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
     rna_phase = cells["phase_position"].to_numpy()
     summary: dict = {"n_cells": int(adata.n_obs), "samples": sorted(pd.unique(sample).tolist()),
                      "params": p.to_dict(), "genes": info["genes"], "rna": _rna_summary(cells, info)}
+    references: dict[str, np.ndarray] = {}  # reference angles (radians) of position_agreement.tsv
     if p.reference_angle_key is not None:
         summary["reference_angle"] = reference_angle_agreement(adata.obs, p.reference_angle_key, cells, where)
+        references[reference_name(p.reference_angle_key)] = cells[f"reference_{p.reference_angle_key}"].to_numpy()
 
     confusions: dict[str, dict] = {}  # RNA phase (rows) against each phase read from morphology
     morph = _MorphologyMatrix.of(adata)
@@ -63,9 +67,10 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
     summary.setdefault("agreement", {}).update({f"{k}_vs_rna": v for k, v in confusions.items()})
     summary["generated"], test_rows = _generated_morphology(cells, adata, pred, morph, dna_model, sample,
                                                             rna_phase, confusions)
-    truth = cell_cycle_truth.score_cell_cycle_against_truth(cells, truth_dir)
+    truth = cell_cycle_truth.load_truth_cells(truth_dir)
     if truth is not None:
-        summary["truth"] = truth
+        summary["truth"] = cell_cycle_truth.truth_summary(cells, truth)
+        references["demo_truth"] = cell_cycle_truth.true_cycle_angle(cells, truth)
 
     images = strip_images(cells, pred, generated_images, crops, adata, test_rows, p.n_position_bins, dna_channel)
     summary["nuclei_strip"] = {"source": images["source"], "n_bins": p.n_position_bins}
@@ -73,6 +78,9 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
                  morph.names)
     summary["figures"] = {f: f"figures/{f}.png" for f in FIGURES}
     _write_confusion(outdir / "confusion.tsv", confusions)
+    write_position_agreement(outdir / "position_agreement.tsv", [
+        row for name, angle in references.items()
+        for row in position_agreement_rows(name, cells["cycle_position"], cells[BASELINE], angle, seed=p.seed)])
     with atomic_path(outdir / "cells.tsv") as tmp:
         cells.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     return write_json(outdir / "summary.json", summary)
@@ -137,6 +145,8 @@ def _rna_cells(adata, sample: np.ndarray, p: CellCycleParams, where: str) -> tup
     for column in RNA_COLUMNS:
         cells[column] = rna[column].to_numpy()
     cells["cycle_fraction"] = cells["cycle_position"] / TWO_PI
+    cells[BASELINE], info["baseline_source"] = rna_pc_angle(adata, seed=p.seed)
+    cells[f"{BASELINE}_fraction"] = cells[BASELINE] / TWO_PI
     return cells, info
 
 
@@ -144,7 +154,8 @@ def _rna_summary(cells: pd.DataFrame, info: dict) -> dict:
     return {"position_method": info["method"], "peaks": info["peaks"], "reflected": info["reflected"],
             "phase_counts_tirosh": cells["phase"].value_counts().to_dict(),
             "phase_counts_position": cells["phase_position"].value_counts().to_dict(),
-            "tirosh_vs_position": phase_agreement(cells["phase"], cells["phase_position"])}
+            "tirosh_vs_position": phase_agreement(cells["phase"], cells["phase_position"]),
+            f"baseline_{BASELINE}_source": info["baseline_source"]}
 
 
 # ---------------------------------------------------------------------------------------

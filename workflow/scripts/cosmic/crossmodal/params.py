@@ -56,6 +56,13 @@ class CosmicParams:
     seed: int = 0
     device: str = "auto"
     num_threads: int = 1  # CPU threads for torch and BLAS (0 = library defaults); 1 is fastest for this small model
+    evaluation: dict = field(default_factory=dict)  # repeated splits: see cosmic.evaluation.params
+
+    @property
+    def evaluation_params(self):
+        from ..evaluation.params import EvaluationParams
+
+        return EvaluationParams.from_config(self.evaluation)
 
     def __post_init__(self):
         check_choice(self.representation)
@@ -76,6 +83,8 @@ class CosmicParams:
                                        f"got {v!r}")
             setattr(self, name, float(v))
         self._check_lists()
+        self.evaluation = dict(self.evaluation or {})
+        self.evaluation_params  # validates the block
 
     def _check_lists(self):
         try:

@@ -51,7 +51,7 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
 
 
 @dataclass
-class _Cells:
+class Cells:
     """The cohort and its split into training, validation and test cells."""
 
     cohort: object
@@ -64,7 +64,8 @@ class _Cells:
         return {name: int((self.split == name).sum()) for name in ("train", "val", "test")}
 
 
-def _split_cohort(cohort, params: CosmicParams) -> _Cells:
+def split_cohort(cohort, params: CosmicParams) -> Cells:
+    """The cohort (AnnData or h5ad path) split into training, validation and test cells by ``params.seed``."""
     import anndata as ad
 
     adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
@@ -73,13 +74,13 @@ def _split_cohort(cohort, params: CosmicParams) -> _Cells:
     split = make_splits(adata.obs, params.fractions, params.seed, params.stratify, params.holdout_samples)
     if (split == "test").sum() < 3:
         raise CosmicInputError(f"cosmic: only {(split == 'test').sum()} test cells; raise the test fraction")
-    return _Cells(adata, split)
+    return Cells(adata, split)
 
 
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
                 decode_images, truth, progress, generated_images=None) -> dict:
     started = time.time()
-    cells = _split_cohort(cohort, params)
+    cells = split_cohort(cohort, params)
     fit = fit_cosmic(cells.cohort, cells.split, params, outdir=outdir_model, progress=progress)
     pre = fit["preprocessor"]
     train_cells, test_cells = cells.part("train"), cells.part("test")
@@ -106,7 +107,7 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
     return results
 
 
-def _evaluate(cells: _Cells, held, predictions: dict, fit: dict, params: CosmicParams):
+def _evaluate(cells: Cells, held, predictions: dict, fit: dict, params: CosmicParams):
     """Every held-out evaluation: the metrics (without the demo oracle), the per-gene scores, the
     per-feature table (variance_decomposition.tsv) and the cell-type confusion table."""
     pre = fit["preprocessor"]
@@ -163,7 +164,7 @@ def _reference(held, predictions, pre, labels, test_cells, seed) -> dict:
     return reference
 
 
-def _assemble_metrics(results: dict, cells: _Cells, test_cells, pre, held, fit, params) -> dict:
+def _assemble_metrics(results: dict, cells: Cells, test_cells, pre, held, fit, params) -> dict:
     """metrics.json: the run's sizes and training summary, then the evaluation sections, in a fixed order."""
     y = held.observed
     return dict(

@@ -68,7 +68,7 @@ batch sampler), :mod:`.runtime` (device, torchrun, mixed precision, RNG), :mod:`
 from .augmentation import AUGMENT, augment
 from .cli import main
 from .data import CropBankDataset, CropsWithTargets, StepBatchSampler, write_feature_targets
-from .embed import decode_embeddings, embed_crops, load_model, random_encoder_embeddings
+from .embed import decode_embeddings, embed_array, embed_crops, load_model, random_encoder_embeddings
 from .figures import plot_reconstructions, plot_umap
 from .nets import Block, ConvDecoder, ConvEncoder, FoundationModel, TokenDecoder, build_model
 from .params import (AMP_MODES, DECODERS, DEFAULT_OBJECTIVE, DEVICES, ENCODERS, FORMAT, OBJECTIVES, POOLS,
@@ -85,6 +85,6 @@ __all__ = [
     # data and augmentation
     "CropBankDataset", "CropsWithTargets", "write_feature_targets", "StepBatchSampler", "AUGMENT", "augment",
     # training, inference, evaluation, figures, command line
-    "train", "load_model", "embed_crops", "decode_embeddings", "random_encoder_embeddings",
+    "train", "load_model", "embed_crops", "embed_array", "decode_embeddings", "random_encoder_embeddings",
     "PROBE_CS", "linear_probe", "evaluate_representations", "plot_reconstructions", "plot_umap", "main",
 ]

@@ -1,6 +1,6 @@
 """Inference: load a trained model (:func:`load_model`), embed crop banks
-(:func:`embed_crops`), render embeddings as crops (:func:`decode_embeddings`), and the
-random-encoder baseline (:func:`random_encoder_embeddings`)."""
+(:func:`embed_crops`) and in-memory crops (:func:`embed_array`), render embeddings as crops
+(:func:`decode_embeddings`), and the random-encoder baseline (:func:`random_encoder_embeddings`)."""
 
 from __future__ import annotations
 
@@ -37,32 +37,61 @@ def load_model(path, device=None) -> FoundationModel:
     return model.to(_resolve_device(device)).eval()
 
 
-def embed_crops(model: FoundationModel, crops_path, batch_size: int = 256, device=None) -> np.ndarray:
-    """N x D float32 embeddings of a crop bank, in crop-bank order, streamed in batches."""
-    if device is not None:
-        model = model.to(_resolve_device(device))
+def _embed_batches(model: FoundationModel, n: int, read, batch_size: int) -> np.ndarray:
+    """N x D float32 embeddings of ``n`` crops; ``read(rows)`` returns the float32 tensor of
+    those rows. The one batch loop behind :func:`embed_crops` and :func:`embed_array`."""
     dev = _model_device(model)
-    data = CropBankDataset([crops_path])
-    N = len(data)
-    out = np.zeros((N, model.embedding_dim), dtype=np.float32)
-    if N == 0:
+    out = np.zeros((n, model.embedding_dim), dtype=np.float32)
+    if n == 0:
         return out
-    if tuple(data.shape) != (model.channels, model.crop_size, model.crop_size):
-        raise CosmicInputError(
-            f"file '{crops_path}': crops of shape {data.shape} do not match the foundation model's input "
-            f"{(model.channels, model.crop_size, model.crop_size)}; re-run pretrain on these crops")
     amp = _amp_dtype(model.params.amp, dev)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for a in range(0, N, batch_size):
-            x = data.__getitems__(np.arange(a, min(N, a + batch_size)))
+        for a in range(0, n, batch_size):
+            x = read(np.arange(a, min(n, a + batch_size)))
             xb = x.to(dev, non_blocking=True)
             with _autocast(dev, amp):
                 z = model.embed(xb)
             out[a:a + len(x)] = z.float().cpu().numpy()
     model.train(was_training)
     return out
+
+
+def _check_input_shape(model: FoundationModel, shape, what: str) -> None:
+    if tuple(shape) != (model.channels, model.crop_size, model.crop_size):
+        raise CosmicInputError(
+            f"{what}: crops of shape {tuple(shape)} do not match the foundation model's input "
+            f"{(model.channels, model.crop_size, model.crop_size)}; re-run pretrain on these crops")
+
+
+def embed_crops(model: FoundationModel, crops_path, batch_size: int = 256, device=None) -> np.ndarray:
+    """N x D float32 embeddings of a crop bank, in crop-bank order, streamed in batches."""
+    if device is not None:
+        model = model.to(_resolve_device(device))
+    data = CropBankDataset([crops_path])
+    N = len(data)
+    if N:
+        _check_input_shape(model, data.shape, f"file '{crops_path}'")
+    return _embed_batches(model, N, data.__getitems__, batch_size)
+
+
+def embed_array(model: FoundationModel, crops, batch_size: int = 256) -> np.ndarray:
+    """N x D float32 embeddings of in-memory crops (N x C x S x S, e.g. crops rendered by
+    :func:`decode_embeddings`), in row order; the same batches, dtype handling (float32,
+    non-finite values -> 0) and mixed precision as :func:`embed_crops` on a crop bank."""
+    crops = np.asarray(crops)
+    if crops.ndim != 4:
+        raise CosmicInputError(f"embed_array: expected N x C x S x S crops, got shape {crops.shape}")
+    if len(crops):
+        _check_input_shape(model, crops.shape[1:], "embed_array")
+
+    def read(rows):
+        x = np.array(crops[rows[0]:rows[-1] + 1], dtype=np.float32)  # a copy, as the bank reader's
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.from_numpy(x)
+
+    return _embed_batches(model, len(crops), read, batch_size)
 
 
 def decode_embeddings(model: FoundationModel, emb, batch_size: int = 256) -> np.ndarray:

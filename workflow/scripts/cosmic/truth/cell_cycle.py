@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cell_cycle.agreement import phase_agreement
+from ..cell_cycle.agreement import BASELINE, phase_agreement
 from ..cell_cycle.circular import circular_agreement, circular_correlation, circular_correlation_fl
 from ..cell_cycle.params import TWO_PI
 from ..errors import CosmicInputError, describe
@@ -37,13 +37,27 @@ def truth_phase(phase) -> np.ndarray:
     return pd.Series(phase, dtype=object).replace({"G2": "G2M", "M": "G2M", "G2/M": "G2M"}).to_numpy()
 
 
-def truth_summary(cells: pd.DataFrame, truth: pd.DataFrame) -> dict:
-    """The stage's per-cell calls (``cells.tsv`` columns) scored against the true position (a fraction
-    of the cycle), phase and DNA content of the same (sample, barcode)."""
-    m = cells.merge(truth[["sample", "barcode", "cycle_position", "phase"]
-                          + [c for c in ("dna_content",) if c in truth]].rename(
+def _merge_truth(cells: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` (same rows, same order) with the truth of the same (sample, barcode) as
+    ``true_position``, ``true_phase`` and ``true_dna_content``."""
+    return cells.merge(truth[["sample", "barcode", "cycle_position", "phase"]
+                             + [c for c in ("dna_content",) if c in truth]].rename(
         columns={"cycle_position": "true_position", "phase": "true_phase", "dna_content": "true_dna_content"}),
         on=["sample", "barcode"], how="left")
+
+
+def true_cycle_angle(cells: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """The true cycle position of each row of ``cells`` in radians (NaN where the demo truth has no
+    such (sample, barcode)): the reference ``demo_truth`` of ``position_agreement.tsv``."""
+    return _merge_truth(cells, truth)["true_position"].to_numpy(float) * TWO_PI
+
+
+def truth_summary(cells: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """The stage's per-cell calls (``cells.tsv`` columns) scored against the true position (a fraction
+    of the cycle), phase and DNA content of the same (sample, barcode). With ``cells["rna_pc_angle"]``
+    the baseline's agreement with the true position is ``position_agreement_rna_pc_angle`` (same
+    function, same cells as ``position_agreement``)."""
+    m = _merge_truth(cells, truth)
     ok = m["true_position"].notna().to_numpy()
     out: dict = {"n_matched": int(ok.sum())}
     if not ok.any():
@@ -54,6 +68,8 @@ def truth_summary(cells: pd.DataFrame, truth: pd.DataFrame) -> dict:
     out["position_circular_correlation"] = circular_correlation(m["cycle_position"], tp)
     out["position_circular_correlation_fl"] = circular_correlation_fl(m["cycle_position"], tp)
     out["position_agreement"] = circular_agreement(m["cycle_position"], tp)
+    if BASELINE in m:
+        out[f"position_agreement_{BASELINE}"] = circular_agreement(m[BASELINE], tp)
     nonG1 = tph != "G1"
     out["position_circular_correlation_S_G2M"] = circular_correlation(m["cycle_position"][nonG1], tp[nonG1])
     out["rna_phase_tirosh"] = phase_agreement(tph, m["phase"])
@@ -71,9 +87,3 @@ def truth_summary(cells: pd.DataFrame, truth: pd.DataFrame) -> dict:
         out["generated_dna_phase"] = phase_agreement(tph[sel], m["phase_dna_generated"].to_numpy()[sel])
     return out
 
-
-def score_cell_cycle_against_truth(cells: pd.DataFrame, truth) -> dict | None:
-    """:func:`truth_summary` of ``cells`` against the demo truth ``truth`` (see :func:`load_truth_cells`);
-    None when there is no truth (users' data)."""
-    table = load_truth_cells(truth)
-    return None if table is None else truth_summary(cells, table)

@@ -1,0 +1,1 @@
+"""Repeated held-out evaluation: baselines, generation metrics, per-split tables and their summaries."""

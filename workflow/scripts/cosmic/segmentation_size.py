@@ -1,0 +1,144 @@
+"""How big the nuclei are, measured on the image itself (``segmentation.nucleus_diameter: auto``).
+
+:func:`estimate_nucleus_diameter` measures object statistics after a first, scale-free threshold.
+It works on a block-mean copy of at most ~250k pixels, or a finer copy when the nuclei would be
+narrower than ~12 px there:
+
+1. robust 0..1 normalisation, Gaussian smoothing (1 px of the working copy);
+2. threshold at ``max(log-Otsu, noise floor)``. Otsu on log intensities keeps dim nuclei next
+   to very bright ones, where plain Otsu keeps only the bright ones. The noise floor
+   (background median + 5 robust SD) stops log-Otsu from splitting the noise of a nearly
+   empty field, and makes a field of pure noise come out as "no objects" (NaN);
+3. fill holes and label. The typical diameter is the mode of a kernel density of the objects'
+   log equivalent diameters. Specks (under 4 px, or under 1/5 of the area-weighted typical
+   area) are ignored, and the mode follows the single nuclei even when many objects are
+   merged pairs.
+
+Sizes are read at a low threshold, so a blurred rim counts: against annotated masks the estimate
+runs ~0-15 % high (up to ~20 % for ~12 px nuclei) and ~10 % low on crowded DSB2018-like fields,
+which is where the segmentation's own optimum lies on those sets. It runs at ~20-60 megapixels/s.
+Fields where nuclei cover over ~45 % of the image give no estimate (NaN); the segmentation
+itself fails on such fields at any diameter.
+
+Measured alternatives (``nuclei_gt`` + demo + synthetic fields): a plain or area-weighted
+median of the object sizes is pulled up by touching pairs on dense fields (+30 %). A
+scale-space LoG (``skimage.feature.blob_log``) locks on chromatin texture (U2OS: 0.1 x the
+true size) and is ~30x slower. Reading sizes at half-maximum is closer to the annotations but
+costs the demo 0.015 F1 (the segmentation splits its elongated nuclei at the true size).
+Re-estimating from the segmentation's own output (a fixed point) also moves towards the
+annotated size (demo: F1 -0.015, DSB2018: -0.06).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import filters, transform
+
+__all__ = ["estimate_nucleus_diameter", "normalise", "downscale", "FALLBACK_DIAMETER"]
+
+FALLBACK_DIAMETER = 30.0
+"""Used (with a warning) when an image holds nothing that looks like a nucleus."""
+WORKING_PIXELS = 250_000  # size of the first (coarse) working copy
+WORKING_DIAMETER = 12.0  # finer copy when the nuclei are narrower than this in the coarse one
+MIN_OBJECT_PX = 4  # smaller objects (working copy) are noise
+NOISE_SD = 5.0  # noise floor = background median + NOISE_SD robust SD
+LOG_GAIN = 30.0
+KDE_BANDWIDTH = 0.1  # in log diameter (~10 %)
+
+
+def downscale(img: np.ndarray, factor: int) -> np.ndarray:
+    """Block-mean downsampling by an integer factor; a partial last block is edge-padded
+    (not zero-padded) so borders keep their level."""
+    H, W = img.shape
+    ph, pw = (-H) % factor, (-W) % factor
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw)), mode="edge")
+    return transform.downscale_local_mean(img, (factor, factor)).astype(np.float32)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Copy scaled so the 0.5th percentile is 0 and the 99.9th is 1 (robust to dtype, offset
+    and a few hot pixels), so thresholds behave the same for any image."""
+    img = np.asarray(image, dtype=np.float32)
+    step = max(1, int(math.sqrt(img.size / 250_000)))
+    lo, hi = np.percentile(img[::step, ::step], [0.5, 99.9])
+    if hi <= lo:
+        lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros_like(img)
+    return (img - lo) * np.float32(1.0 / (hi - lo))
+
+
+def _first_threshold(s: np.ndarray) -> float:
+    log_otsu = math.expm1(filters.threshold_otsu(np.log1p(LOG_GAIN * np.clip(s, 0, None)))) / LOG_GAIN
+    med = float(np.median(s))
+    mad = 1.4826 * float(np.median(med - s[s <= med]))
+    return max(log_otsu, med + NOISE_SD * max(mad, 1e-3))
+
+
+def _mode_diameter(areas: np.ndarray) -> float:
+    """Mode of a Gaussian kernel density of log equivalent diameters (binned, O(n))."""
+    x = 0.5 * np.log(4 * areas / math.pi)
+    step = KDE_BANDWIDTH / 10
+    lo = float(x.min()) - 4 * KDE_BANDWIDTH
+    bins = int((float(x.max()) + 4 * KDE_BANDWIDTH - lo) / step) + 1
+    hist = np.bincount(((x - lo) / step).astype(np.int64), minlength=bins).astype(np.float64)
+    dens = ndi.gaussian_filter1d(hist, 10.0, mode="constant")
+    return math.exp(lo + (int(np.argmax(dens)) + 0.5) * step)
+
+
+def _typical_area(areas: np.ndarray) -> float:
+    """Area-weighted median, then median within [1/4, 4] x of it (robust start for the mode)."""
+    o = np.sort(areas)
+    c = np.cumsum(o)
+    a = float(o[np.searchsorted(c, c[-1] / 2)])
+    for _ in range(3):
+        sel = areas[(areas > 0.25 * a) & (areas < 4 * a)]
+        if sel.size == 0:
+            break
+        a = float(np.median(sel))
+    return a
+
+
+def _diameter_at(img: np.ndarray, factor: int) -> float:
+    """Typical nucleus diameter (px of ``img``) measured on a copy downsampled by ``factor``;
+    NaN when no object is found."""
+    s = downscale(img, factor) if factor > 1 else img
+    s = ndi.gaussian_filter(s, 1.0)
+    mask = ndi.binary_fill_holes(s > _first_threshold(s))
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return math.nan
+    areas = np.bincount(labels.ravel())[1:].astype(np.float64)
+    big = areas >= MIN_OBJECT_PX
+    if not big.any():
+        return math.nan
+    keep = big & (areas >= 0.2 * _typical_area(areas[big]))
+    return _mode_diameter(areas[keep]) * factor
+
+
+def estimate_nucleus_diameter(image: np.ndarray, normalised: bool = False) -> float:
+    """Typical nucleus diameter (pixels) of a 2-D DNA-stain image; NaN if it has no objects.
+
+    ``normalised``: the image is already scaled by :func:`normalise` (saves a pass).
+    """
+    img = np.asarray(image) if normalised else np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"estimate_nucleus_diameter expects a 2-D image, got shape {img.shape}")
+    if img.size == 0 or float(img.max()) == float(img.min()):
+        return math.nan
+    if not normalised:
+        img = normalise(img)
+    f0 = max(1, int(math.sqrt(img.size / WORKING_PIXELS)))
+    d = _diameter_at(img, f0)
+    if math.isfinite(d):
+        f1 = max(1, int(d / WORKING_DIAMETER))
+        if f1 < f0:  # nuclei too small to measure on the coarse copy
+            d_fine = _diameter_at(img, f1)
+            d = d_fine if math.isfinite(d_fine) else d
+    if not math.isfinite(d):
+        return math.nan
+    return float(min(max(d, 4.0), max(img.shape)))
