@@ -538,7 +538,8 @@ def build_nuclei_outputs(
         nuclei_params = NucleiParams.from_config(nuclei_params)
     if seg_params is not None and not isinstance(seg_params, SegmentationParams):
         seg_params = SegmentationParams.from_config(seg_params)
-    diameter = seg_params.nucleus_diameter if seg_params is not None else None
+    # None ("auto"): each image's QC sizes derive from its median nucleus area
+    diameter = seg_params.fixed_diameter if seg_params is not None else None
     crop = nuclei_params.crop()
     images = list(images)
     if not images:

@@ -72,7 +72,7 @@ class SegmentationWarning(UserWarning):
 class SegmentationParams:
     """Parameters of :func:`segment_nuclei`. ``None`` means "derive from nucleus_diameter"."""
 
-    nucleus_diameter: float | str = 30.0
+    nucleus_diameter: float | str = "auto"
     """Typical nucleus diameter in pixels, or "auto" (measured on each image); all other
     length-scales derive from it."""
     threshold: str = "local"
