@@ -32,9 +32,8 @@ rule report_html:
         name="|".join(REPORTS),
     conda:
         "../envs/report.yaml"
-    shell:
-        "jupyter nbconvert --to html --no-input --output-dir $(dirname {output}) "
-        "--output $(basename {output}) {input} > {log} 2>&1"
+    script:
+        "../scripts/report_html.py"
 
 
 rule report_index:

@@ -1,4 +1,4 @@
-"""Report helpers: the index page linking the rendered notebooks."""
+"""Report helpers: executed notebooks rendered to HTML, and the index page linking them."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def write_index(pages: list[str], names: list[str], path) -> None:
     )
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def render_html(notebook, html_path) -> None:
+    """An executed notebook as a standalone HTML page without its code cells (nbconvert), atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter()
+    exporter.exclude_input = True
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    with atomic_path(html_path) as tmp:
+        Path(tmp).write_text(body, encoding="utf-8")
