@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cosmic import metrics as M
+from cosmic.evaluation import generation as G
 from cosmic.errors import CosmicInputError
 from cosmic.splits import make_splits
 
@@ -214,20 +215,20 @@ def test_sliced_wasserstein_is_pots_estimator_and_only_p2():
 def test_knn_accuracy_half_for_same_distribution_one_for_separated():
     rng = np.random.default_rng(14)
     real, same = rng.normal(size=(500, 5)), rng.normal(size=(500, 5))
-    assert M.knn_two_sample_accuracy(real, same) == pytest.approx(0.5, abs=0.06)
-    assert M.knn_two_sample_accuracy(real, same + 10) == 1.0
-    assert M.knn_two_sample_accuracy(real, real) == 0.0  # copies of the real cells: memorisation reads < 0.5
+    assert G.knn_accuracy(real, same) == pytest.approx(0.5, abs=0.06)
+    assert G.knn_accuracy(real, same + 10) == 1.0
+    assert G.knn_accuracy(real, real) == 0.0  # copies of the real cells: memorisation reads < 0.5
     # a collapsed generator (every cell at the mean) is recognised
-    assert M.knn_two_sample_accuracy(real, np.zeros_like(real)) > 0.95
+    assert G.knn_accuracy(real, np.zeros_like(real)) > 0.95
 
 
 def test_coverage_identical_one_collapsed_low():
     rng = np.random.default_rng(15)
     real = rng.normal(size=(400, 5))
-    assert M.nn_coverage(real, real) == 1.0
-    assert M.nn_coverage(real, np.zeros_like(real)) == pytest.approx(1 / 400)
-    same = M.nn_coverage(real, rng.normal(size=(400, 5)))
-    narrow = M.nn_coverage(real, 0.3 * rng.normal(size=(400, 5)))
+    assert G.coverage(real, real) == 1.0
+    assert G.coverage(real, np.zeros_like(real)) == pytest.approx(1 / 400)
+    same = G.coverage(real, rng.normal(size=(400, 5)))
+    narrow = G.coverage(real, 0.3 * rng.normal(size=(400, 5)))
     assert 0.3 < same < 0.9 and narrow < same
 
 

@@ -323,41 +323,6 @@ def sliced_wasserstein(x, y, n_projections: int = 128, p: int = 2, seed: int = 0
     return float(ot.sliced_wasserstein_distance(x, y, n_projections=int(n_projections), p=2, seed=int(seed)))
 
 
-def knn_two_sample_accuracy(real, generated) -> float:
-    """k-NN accuracy (k-NNA): leave-one-out 1-nearest-neighbour classification of the pooled cells
-    into real vs generated; the fraction classified correctly.
-
-    With equal set sizes 0.5 means the sets are indistinguishable, 1 that they are separated, and
-    values well below 0.5 that generated cells copy real ones (an identical copy scores 0). Ties
-    among nearest neighbours count fractionally.
-    """
-    a, b = _2d(real), _2d(generated)
-    z = np.vstack([a, b])
-    lab = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
-    if len(z) < 3:
-        return float("nan")
-    d = _sq_dist(z, z)
-    np.fill_diagonal(d, np.inf)
-    mind = d.min(1, keepdims=True)
-    tie = d <= mind
-    same = lab[:, None] == lab[None, :]
-    return float(((tie & same).sum(1) / tie.sum(1)).mean())
-
-
-def nn_coverage(real, generated) -> float:
-    """Coverage: fraction of real cells that are the nearest real neighbour of at least one generated cell.
-
-    1 when the generated set reproduces the real one; a collapsed generator (e.g. a conditional
-    mean) reaches few real cells. Depends on the set sizes: compare equal-size sets and read it
-    beside the real-vs-real reference.
-    """
-    a, b = _2d(real), _2d(generated)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    nearest = _sq_dist(b, a).argmin(1)
-    return float(len(np.unique(nearest)) / len(a))
-
-
 def classifier_two_sample_accuracy(real, generated, cv: int = 5, seed: int = 0) -> float:
     """Cross-validated accuracy of a real-vs-generated classifier (0.5: indistinguishable).
 
@@ -408,6 +373,8 @@ def two_sample_metrics(real, generated, seed: int = 0, n_projections: int = 128,
     ``max_cells``, so that k-NNA and the classifier read 0.5 and coverage is comparable across
     methods. Returns ``{"sliced_wasserstein", "knn_accuracy", "coverage", "classifier_accuracy", "n_cells"}``.
     """
+    from .evaluation.generation import coverage, knn_accuracy
+
     a, b = _2d(real), _2d(generated)
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), int(max_cells))
@@ -416,5 +383,5 @@ def two_sample_metrics(real, generated, seed: int = 0, n_projections: int = 128,
     if len(b) > n:
         b = b[np.sort(rng.choice(len(b), n, replace=False))]
     return dict(sliced_wasserstein=sliced_wasserstein(a, b, n_projections, seed=seed),
-                knn_accuracy=knn_two_sample_accuracy(a, b), coverage=nn_coverage(a, b),
+                knn_accuracy=knn_accuracy(a, b, k=1), coverage=coverage(a, b),
                 classifier_accuracy=classifier_two_sample_accuracy(a, b, cv=cv, seed=seed), n_cells=int(n))

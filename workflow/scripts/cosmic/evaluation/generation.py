@@ -78,9 +78,8 @@ def knn_accuracy(real, generated, k: int = 1) -> float:
     fraction with the same label taken; the result is the mean over all points. Best is 0.5
     (indistinguishable, for equal set sizes); 1 = the sets are separated; well below 0.5 = the
     generated cells copy real ones (an exact copy of the real set scores 0 at ``k = 1``). At
-    ``k = 1`` this is the leave-one-out 1-NN two-sample accuracy
-    (``cosmic.metrics.knn_two_sample_accuracy``), up to how ties between equidistant neighbours are
-    broken (here: one neighbour chosen by the search; there: ties counted fractionally).
+    ``k = 1`` this is the leave-one-out 1-NN two-sample accuracy (ties between equidistant
+    neighbours are broken by the search: one neighbour is chosen).
     ``sklearn.neighbors.NearestNeighbors`` (memory O(n·k)). NaN if a set is empty or fewer than 3
     cells are pooled.
     """
