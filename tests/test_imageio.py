@@ -5,7 +5,8 @@ import pytest
 import tifffile
 
 from cosmic.errors import CosmicInputError
-from cosmic.imageio import crop_banks_by_sample, crop_dna_channel, read_image
+from cosmic.imageio import (ImageData, channel_order, check_dna_channel, crop_banks_by_sample, crop_dna_channel,
+                            file_channel_names, order_channels, read_image)
 
 
 def _planes(c=2, h=40, w=50, seed=0):
@@ -175,3 +176,37 @@ def test_crop_banks_by_sample_pairs_in_order_or_not_at_all():
     assert crop_banks_by_sample(["a/crops.npy", "b/crops.npy"], ["a", "b"]) == {"a": "a/crops.npy", "b": "b/crops.npy"}
     assert crop_banks_by_sample(["a/crops.npy"], ["a", "b"]) is None
     assert crop_banks_by_sample([], []) is None
+
+
+def test_channel_names_come_from_the_metadata_alone(tmp_path, monkeypatch):
+    named, plain, ids = tmp_path / "named.ome.tif", tmp_path / "plain.tif", tmp_path / "ids.ome.tif"
+    tifffile.imwrite(named, _planes(2), metadata={"axes": "CYX", "Channel": {"Name": ["CellMask", "DAPI"]}})
+    tifffile.imwrite(plain, _planes(3), photometric="minisblack")
+    tifffile.imwrite(ids, _planes(2))  # OME without names: IDs Channel:0:<i>
+
+    def no_pixels(*args, **kwargs):
+        raise AssertionError("pixel data read")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_pixels)
+    assert file_channel_names(named) == (["CellMask", "DAPI"], True)
+    assert file_channel_names(plain) == (["ch0", "ch1", "ch2"], False)
+    assert channel_order(named) == ["CellMask", "DAPI"]
+    assert channel_order(plain) is None and channel_order(ids) is None
+    assert channel_order(tmp_path / "absent.tif") is None and channel_order(None) is None
+    check_dna_channel("dapi", named)  # names match ignoring case
+    check_dna_channel("NOPE", tmp_path / "absent.tif")  # demo data not generated yet: skipped
+    with pytest.raises(CosmicInputError, match=r"imaging\.dna_channel 'NOPE'.*named\.ome\.tif.*'CellMask', 'DAPI'"):
+        check_dna_channel("NOPE", named)
+
+
+def test_order_channels_by_name(caplog):
+    pixels = np.stack([np.full((4, 4), v, np.float32) for v in (1, 2, 3)])
+    image = ImageData(pixels, ["cellmask", "Tubulin", "DAPI"], dna_index=2)
+    ordered = order_channels(image, ["DAPI", "CellMask"], "img")
+    assert ordered.channel_names == ["DAPI", "CellMask"] and ordered.dna_index == 0
+    assert ordered.pixels[:, 0, 0].tolist() == [3, 1]
+    assert "Tubulin" in caplog.text  # left out, with a warning
+    with pytest.raises(CosmicInputError, match=r"img: has the channels .*not 'Hoechst'"):
+        order_channels(image, ["Hoechst", "CellMask"], "img")
+    plain = ImageData(pixels, ["ch0", "ch1", "ch2"])
+    assert order_channels(plain, ["DAPI", "CellMask"]) is plain

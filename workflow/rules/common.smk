@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from cosmic import config as cosmic_config
 from cosmic import demo as cosmic_demo
+from cosmic import imageio as cosmic_imageio
 from cosmic import layout
 from cosmic.crossmodal.representation import for_workflow
 from cosmic.errors import CosmicInputError
@@ -60,6 +61,7 @@ if DEMO:
         sample: {name: f"{DEMO_DIR}/{sample}/images/{name}.ome.tif" for name in names}
         for sample, names in cosmic_demo.image_names(DEMO_SETTINGS).items()
     }
+    MASKS = {}
 else:
     SAMPLES = cosmic_config.read_sample_sheet(config["samples"])
     for _row, (_sample, _record) in enumerate(SAMPLES.iterrows()):
@@ -80,11 +82,26 @@ else:
         )
         for sample, row in SAMPLES.iterrows()
     }
+    # Label masks made elsewhere (sample-sheet column `masks`): imported instead of segmenting.
+    MASKS = {
+        sample: cosmic_config.resolve_masks(sample, row["masks"], IMAGES[sample])
+        for sample, row in SAMPLES.iterrows()
+        if cosmic_config.has_value(row, "masks")
+    }
 
-# One image to resolve a channel name on (crop banks keep the images' channel order).
+# The cohort's first image: channel names are resolved on it (metadata only).
 FIRST_IMAGE = next(
     (path for images in IMAGES.values() for path in images.values()), None
 )
+# Crop banks and per-channel columns hold the channels in the first image's order, matched by
+# name in every image (None: no channel names, index order). Known before the demo data exist.
+CHANNEL_ORDER = (
+    list(cosmic_demo.CHANNEL_NAMES)
+    if DEMO
+    else cosmic_imageio.channel_order(FIRST_IMAGE)
+)
+# A wrong imaging.dna_channel name stops `snakemake -n` (skipped while the image is absent).
+cosmic_imageio.check_dna_channel(config["imaging"]["dna_channel"], FIRST_IMAGE)
 
 # Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
 MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
@@ -106,11 +123,19 @@ def image_path(wildcards):
 
 
 def segment_inputs(wildcards):
-    """The image, and the pairing table whose positions split merged nuclei (if enabled)."""
+    """The image; and the sample sheet's mask for it (imported, not segmented), or else the
+    pairing table whose positions split merged nuclei (if enabled)."""
     inputs = {"image": image_path(wildcards)}
-    if config["pairing"]["split_merged_nuclei"]:
+    if wildcards.sample in MASKS:
+        inputs["mask"] = MASKS[wildcards.sample][wildcards.image]
+    elif config["pairing"]["split_merged_nuclei"]:
         inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
     return inputs
+
+
+def segmentation_params(wildcards):
+    """The segmentation settings; none for imported masks (a change does not redo them)."""
+    return None if wildcards.sample in MASKS else config["segmentation"]
 
 
 def mask_path(sample, image):

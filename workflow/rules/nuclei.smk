@@ -21,5 +21,6 @@ rule nuclei:
         nuclei=config["nuclei"],
         dna_channel=config["imaging"]["dna_channel"],
         z_projection=config["imaging"]["z_projection"],
+        channel_order=CHANNEL_ORDER,
     script:
         "../scripts/nuclei.py"

@@ -1,4 +1,5 @@
-# Nuclei segmentation: one job per image, scattered over the images of every sample.
+# Nuclei segmentation: one job per image, scattered over the images of every sample. Samples
+# whose sample-sheet row gives `masks` have each given mask checked and imported instead.
 
 
 rule segment:
@@ -14,7 +15,7 @@ rule segment:
         mem_mb=2000,
         runtime=20,
     params:
-        segmentation=config["segmentation"],
+        segmentation=segmentation_params,
         dna_channel=config["imaging"]["dna_channel"],
         z_projection=config["imaging"]["z_projection"],
         image_name=lambda wildcards: wildcards.image,

@@ -17,5 +17,6 @@ table = build_nuclei_outputs(
     nuclei_params=snakemake.params.nuclei,
     dna_channel=snakemake.params.dna_channel,
     z_projection=snakemake.params.z_projection,
+    channel_order=snakemake.params.channel_order,
 )
 print(f"{len(table)} nuclei, {int(table['qc_pass'].sum()) if len(table) else 0} pass QC", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Rule `segment`: one image -> integer label mask TIFF."""
+"""Rule `segment`: one image -> integer label mask TIFF (or the mask given in the sample sheet,
+checked against the image and imported)."""
 
 import sys
 
@@ -6,30 +7,48 @@ from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from cosmic.segmentation import segment_image_file
+if "mask" in snakemake.input.keys():  # sample-sheet column `masks`: import instead of segmenting
+    from cosmic.segmentation_masks import import_mask
 
-positions = None
-if "pairing" in snakemake.input.keys():
-    from cosmic.pairing import read_pairing_table
+    imported = import_mask(
+        snakemake.input.mask,
+        snakemake.input.image,
+        snakemake.output.mask,
+        dna_channel=snakemake.params.dna_channel,
+        z_projection=snakemake.params.z_projection,
+        sample=snakemake.wildcards.sample,
+        image=snakemake.params.image_name,
+    )
+    print(
+        f"{snakemake.input.image}: imported {imported['nuclei']} nuclei from {snakemake.input.mask} "
+        f"(labels renumbered 1..{imported['nuclei']}; largest given label {imported['max_label']:g})",
+        file=sys.stderr,
+    )
+else:
+    from cosmic.segmentation import segment_image_file
 
-    table = read_pairing_table(snakemake.input.pairing, sample=snakemake.wildcards.sample)
-    positions = table.loc[table["image"] == snakemake.params.image_name, ["y", "x"]].to_numpy()
+    positions = None
+    if "pairing" in snakemake.input.keys():
+        from cosmic.pairing import read_pairing_table
 
-info = {}  # filled with the diameter used and what each filter removed
-n = segment_image_file(
-    snakemake.input.image,
-    snakemake.output.mask,
-    params=snakemake.params.segmentation,
-    dna_channel=snakemake.params.dna_channel,
-    z_projection=snakemake.params.z_projection,
-    sample=snakemake.wildcards.sample,
-    positions_yx=positions,
-    info=info,
-)
-print(
-    f"{snakemake.input.image}: {n} nuclei; nucleus diameter {info['nucleus_diameter']:.1f} px "
-    f"({info['diameter_source']}); of {info['candidates']} candidates removed "
-    f"{info['removed_too_small']} too small, {info['removed_too_large']} too large, "
-    f"{info['removed_border']} on the border ({info['removed_specks']} specks dropped before)",
-    file=sys.stderr,
-)
+        table = read_pairing_table(snakemake.input.pairing, sample=snakemake.wildcards.sample)
+        positions = table.loc[table["image"] == snakemake.params.image_name, ["y", "x"]].to_numpy()
+
+    info = {}  # filled with the diameter used and what each filter removed
+    n = segment_image_file(
+        snakemake.input.image,
+        snakemake.output.mask,
+        params=snakemake.params.segmentation,
+        dna_channel=snakemake.params.dna_channel,
+        z_projection=snakemake.params.z_projection,
+        sample=snakemake.wildcards.sample,
+        positions_yx=positions,
+        info=info,
+    )
+    print(
+        f"{snakemake.input.image}: {n} nuclei; nucleus diameter {info['nucleus_diameter']:.1f} px "
+        f"({info['diameter_source']}); of {info['candidates']} candidates removed "
+        f"{info['removed_too_small']} too small, {info['removed_too_large']} too large, "
+        f"{info['removed_border']} on the border ({info['removed_specks']} specks dropped before)",
+        file=sys.stderr,
+    )

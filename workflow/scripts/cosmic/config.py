@@ -179,6 +179,83 @@ def resolve_images(sample: str, spec: str) -> dict[str, str]:
     return images
 
 
+# Mask file names accepted for an image `<name>` (cellpose writes `<name>_cp_masks.tif`, and for
+# `<name>.ome.tif` images `<name>.ome_cp_masks.tif`); any of them may also end in `.tiff`.
+MASK_SUFFIXES = ("_cp_masks", "_masks", ".mask", "")
+_SHOWN = 10  # problems listed per kind in a mask error
+
+
+def mask_file_names(name: str) -> list[str]:
+    """The mask file names accepted for image ``name`` (``.tiff`` works wherever ``.tif`` does)."""
+    return [f"{name}{suffix}.tif" for suffix in MASK_SUFFIXES]
+
+
+def _mask_targets(file_name: str) -> set[str]:
+    """The image names a mask file name can belong to."""
+    stem = next((file_name[: -len(ext)] for ext in (".tiff", ".tif") if file_name.lower().endswith(ext)), None)
+    names = set()
+    for suffix in MASK_SUFFIXES if stem else ():
+        if stem.lower().endswith(suffix):
+            base = stem[: len(stem) - len(suffix)]
+            names |= {base, base[:-4]} if base.lower().endswith(".ome") else {base}
+    return names
+
+
+def _listed(items: list[str]) -> list[str]:
+    return items[:_SHOWN] + ([f"... and {len(items) - _SHOWN} more"] if len(items) > _SHOWN else [])
+
+
+def _mask_paths(sample: str, spec: str) -> list[Path]:
+    spec_path = Path(spec)
+    paths = sorted(spec_path.iterdir()) if spec_path.is_dir() else [Path(p) for p in sorted(glob.glob(spec))]
+    paths = [p for p in paths if p.is_file() and p.name.lower().endswith((".tif", ".tiff"))]
+    if not paths:
+        raise CosmicInputError(
+            f"sample '{sample}': no mask TIFFs found at '{spec}' (column 'masks'). Give a folder (or a glob "
+            "pattern) of label TIFFs named after the images: <image>.tif, <image>_cp_masks.tif (cellpose), "
+            "<image>_masks.tif or <image>.mask.tif, relative to where snakemake runs."
+        )
+    return paths
+
+
+def resolve_masks(sample: str, spec: str, images: dict[str, str]) -> dict[str, str]:
+    """Map image id -> label mask for a sample's ``masks`` entry (a folder or a glob pattern).
+
+    Each image needs exactly one mask named after it (see :data:`MASK_SUFFIXES`); a missing or
+    ambiguous mask, or a mask matching no image, stops the run with every problem listed.
+    """
+    own = {Path(p).resolve() for p in images.values()}  # masks may sit next to the images
+    found: dict[str, list[str]] = {name: [] for name in images}
+    orphans, problems = [], []
+    for path in _mask_paths(sample, spec):
+        if path.resolve() in own:
+            continue
+        targets = sorted(n for n in _mask_targets(path.name) if n in found)
+        for name in targets:
+            found[name].append(str(path))
+        if not targets:
+            orphans.append(path.name)
+    for name, masks in found.items():
+        if not masks:
+            hint = ("; it looks like a mask itself: keep masks out of the images folder (cellpose --savedir) "
+                    "or select the images with a glob") if _mask_targets(f"{name}.tif") - {name} else ""
+            problems.append(f"image '{name}' ({images[name]}) has no mask: expected one of "
+                            f"{', '.join(mask_file_names(name))}{hint}")
+        elif len(masks) > 1:
+            problems.append(f"image '{name}' has {len(masks)} masks ({', '.join(masks)}); keep one of them")
+    problems = _listed(problems)
+    if orphans:
+        problems.append(f"{len(orphans)} mask file(s) match no image of the sample: "
+                        f"{', '.join(_listed(orphans))}; rename them after their image or move them out")
+    if problems:
+        raise CosmicInputError(
+            f"sample '{sample}', column 'masks' ('{spec}'):\n  " + "\n  ".join(problems)
+            + "\nEach image needs exactly one label mask named <image>.tif, <image>.tiff, <image>_masks.tif, "
+            "<image>_cp_masks.tif (cellpose) or <image>.mask.tif. Fix the file names or the 'masks' column."
+        )
+    return {name: masks[0] for name, masks in found.items()}
+
+
 def has_value(row, column) -> bool:
     value = row.get(column) if hasattr(row, "get") else None
     return value is not None and not (isinstance(value, float) and pd.isna(value)) and str(value) != ""

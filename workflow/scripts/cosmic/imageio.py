@@ -12,7 +12,9 @@ is the channel axis. Pass ``axes="ZCYX"`` (etc.) to override a wrong guess.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,10 @@ from scipy import ndimage as ndi
 
 from .errors import CosmicInputError, describe
 
-__all__ = ["ImageData", "read_image", "Z_PROJECTIONS", "project_z"]
+__all__ = ["ImageData", "read_image", "Z_PROJECTIONS", "project_z", "resolve_channel", "file_channel_names",
+           "channel_order", "check_dna_channel", "order_channels", "crop_dna_channel"]
+
+log = logging.getLogger(__name__)
 
 Z_PROJECTIONS = ("max", "best_focus", "mean")
 # A dimension this small (and not Y or X) is taken as channels when the file has no axes metadata.
@@ -112,14 +117,15 @@ def _guess_axes(shape: tuple[int, ...]) -> str:
     raise ValueError(f"cannot guess the axis order of a {nd}-D array of shape {shape}")
 
 
-def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-    """Drop singleton non-spatial axes, map S->C, resolve unknown letters by the heuristic."""
+def _resolve_axes(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
+    """The shape without singleton non-spatial axes and its axis letters (S->C, unknown letters
+    resolved by the heuristic). Works on the shape alone, so metadata readers can use it too."""
     axes = axes.upper()
-    if len(axes) != data.ndim:
-        raise ValueError(f"axes '{axes}' do not match the {data.ndim}-D shape {data.shape}")
+    if len(axes) != len(shape):
+        raise ValueError(f"axes '{axes}' do not match the {len(shape)}-D shape {tuple(shape)}")
     # squeeze singleton axes other than Y/X (a single C or Z is then simply absent)
-    keep = [i for i, (a, n) in enumerate(zip(axes, data.shape)) if a in _SPATIAL or n != 1]
-    data = data.reshape([data.shape[i] for i in keep])
+    keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if a in _SPATIAL or n != 1]
+    shape = tuple(shape[i] for i in keep)
     axes = "".join(axes[i] for i in keep)
     if "S" in axes and "C" not in axes:  # samples per pixel (RGB) are channels
         axes = axes.replace("S", "C")
@@ -128,11 +134,17 @@ def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
         # metadata does not tell (e.g. tifffile's generic 'Q' / 'I' axes): guess from shape
         unknown_ok = set(axes) - known <= {"Q", "I", "T", "S"}
         if not unknown_ok and "Y" in axes and "X" in axes:
-            raise ValueError(f"unsupported axes '{axes}' (shape {data.shape})")
-        axes = _guess_axes(data.shape)
+            raise ValueError(f"unsupported axes '{axes}' (shape {shape})")
+        axes = _guess_axes(shape)
     if len(set(axes)) != len(axes):
-        raise ValueError(f"duplicate axis letters in '{axes}' (shape {data.shape})")
-    return data, axes
+        raise ValueError(f"duplicate axis letters in '{axes}' (shape {shape})")
+    return shape, axes
+
+
+def _normalise_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Drop singleton non-spatial axes, map S->C, resolve unknown letters by the heuristic."""
+    shape, axes = _resolve_axes(data.shape, axes)
+    return data.reshape(shape), axes
 
 
 def project_z(stack_zcyx: np.ndarray, method: str, dna_index: int) -> np.ndarray:
@@ -316,16 +328,114 @@ def resolve_channel(dna_channel, names: list[str], where: str = "input") -> int:
 
 
 def crop_dna_channel(dna_channel, first_image=None) -> int:
-    """Index of the DNA channel inside the crop banks, which keep the images' channel order.
+    """Index of the DNA channel inside the crop banks, which hold the channels in the order of the
+    cohort's first image (see :func:`channel_order`).
 
     ``dna_channel``: the ``imaging.dna_channel`` setting (an index, or a channel name resolved
-    on ``first_image``; 0 when there is no image to resolve it on).
+    on ``first_image``'s metadata; 0 when there is no image to resolve it on).
     """
     if isinstance(dna_channel, (int, np.integer)):
         return int(dna_channel)
     if first_image:
-        return read_image(first_image, dna_channel=dna_channel).dna_index
+        return resolve_channel(dna_channel, file_channel_names(first_image)[0], describe(first_image))
     return 0
+
+
+def file_channel_names(path, axes: str | None = None) -> tuple[list[str], bool]:
+    """The channel names :func:`read_image` gives ``path``, read from the file's metadata only (no
+    pixel data), and whether they are the file's own (OME channel names) rather than ``ch<i>``."""
+    where = describe(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ValueError("no image series in file")
+            shape, file_axes = tuple(tif.series[0].shape), tif.series[0].axes
+            names = _ome_channel_names(tif)
+        shape, ax = _resolve_axes(shape, axes or file_axes)
+    except Exception as exc:  # tifffile raises many kinds; _resolve_axes raises ValueError
+        raise CosmicInputError(f"{where}: cannot read the channels from the TIFF metadata "
+                               f"({type(exc).__name__}: {exc})") from exc
+    n_channels = shape[ax.index("C")] if "C" in ax else 1
+    names = _channel_names(names, n_channels)
+    return names, not _unnamed(names)
+
+
+def _unnamed(names: list[str]) -> bool:
+    """True for placeholder names: ``ch<i>`` (none in the file) or OME's default IDs ``Channel:0:<i>``."""
+    return all(re.fullmatch(r"ch\d+|Channel:\d+:\d+", n) for n in names)
+
+
+def _readable(path) -> bool:
+    return bool(path) and Path(path).is_file() and Path(path).stat().st_size > 0
+
+
+def channel_order(first_image) -> list[str] | None:
+    """The channel order of every crop bank: the OME channel names of the cohort's first image.
+
+    None when that image has no channel names (plain TIFF: crops keep each image's index order)
+    or is absent or unreadable (its segment job reports that).
+    """
+    if not _readable(first_image):
+        return None
+    try:
+        names, named = file_channel_names(first_image)
+    except CosmicInputError:
+        return None
+    return names if named else None
+
+
+def check_dna_channel(dna_channel, first_image) -> None:
+    """Parse-time check of an ``imaging.dna_channel`` name on the first image's metadata.
+
+    Does nothing for an index, or when the image is absent (demo data not generated yet), empty
+    or unreadable (its segment job reports that).
+    """
+    if not isinstance(dna_channel, str) or not _readable(first_image):
+        return
+    try:
+        names, _ = file_channel_names(first_image)
+    except CosmicInputError:
+        return
+    try:
+        resolve_channel(dna_channel, names, describe(first_image))
+    except CosmicInputError:
+        raise CosmicInputError(
+            f"imaging.dna_channel '{dna_channel}' is not a channel of '{first_image}' (the first "
+            f"image of the cohort), which has the channels {', '.join(repr(n) for n in names)}. Set "
+            f"imaging.dna_channel in the config to one of these names or to an index (0..{len(names) - 1})"
+        ) from None
+
+
+def _find_channel(name: str, names: list[str]) -> int | None:
+    if name in names:
+        return names.index(name)
+    lowered = [n.lower() for n in names]
+    return lowered.index(name.lower()) if lowered.count(name.lower()) == 1 else None
+
+
+def order_channels(image: ImageData, channels, where: str = "input") -> ImageData:
+    """``image`` with its channels in the order ``channels`` (names, matched exactly or ignoring
+    case); channels not listed are dropped. Kept as is when ``channels`` is None or the image has
+    no channel names (plain TIFF, or OME without names)."""
+    if not channels or _unnamed(image.channel_names):
+        return image
+    have = ", ".join(repr(n) for n in image.channel_names)
+    expected = ", ".join(repr(n) for n in channels)
+    index = [_find_channel(name, image.channel_names) for name in channels]
+    missing = [name for name, i in zip(channels, index) if i is None]
+    if missing or image.dna_index not in index:
+        lacks = ", ".join(repr(n) for n in missing) or repr(image.channel_names[image.dna_index])
+        raise CosmicInputError(
+            f"{where}: has the channels {have}, not {lacks}; the crop banks hold the channels of the "
+            f"cohort's first image ({expected}) in that order, so every image needs them. Rename the "
+            "channels in the file's OME metadata, or analyse images with other channels in another run"
+        )
+    dropped = [n for i, n in enumerate(image.channel_names) if i not in index]
+    if dropped:
+        log.warning("%s: channel(s) %s are not channels of the cohort's first image; left out of the "
+                    "nuclei table and crops", where, ", ".join(dropped))
+    return ImageData(pixels=np.ascontiguousarray(image.pixels[index]), channel_names=list(channels),
+                     dna_index=index.index(image.dna_index), path=image.path, source_axes=image.source_axes)
 
 
 def crop_banks_by_sample(crop_paths, samples) -> dict[str, str] | None:

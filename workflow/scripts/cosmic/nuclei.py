@@ -510,6 +510,13 @@ def _read_mask(mask_path, shape, sample):
     return mask
 
 
+def _read_image(img_path, sample, channel_order, **reading):
+    """An image with its channels in the cohort's order (:func:`cosmic.imageio.order_channels`)."""
+    from .imageio import order_channels, read_image
+
+    return order_channels(read_image(img_path, sample=sample, **reading), channel_order, describe(img_path, sample))
+
+
 def build_nuclei_outputs(
     sample: str,
     images: Iterable[tuple[str, Any, Any]],
@@ -520,6 +527,7 @@ def build_nuclei_outputs(
     dna_channel: int | str = 0,
     z_projection: str = "max",
     progress: bool = True,
+    channel_order: list[str] | None = None,
 ) -> pd.DataFrame:
     """Write ``nuclei.parquet`` and ``crops.npy`` for one sample; return the table.
 
@@ -527,11 +535,11 @@ def build_nuclei_outputs(
     memory flat in the number of nuclei: the first measures each image (tables only), the
     second cuts the crops of each image straight into the memory-mapped ``.npy``. Both
     files are written atomically; with no nuclei they hold an empty table and a
-    (0, C, S, S) array.
+    (0, C, S, S) array. ``channel_order``: the channel names of the cohort's first image; crops
+    and per-channel columns follow it (images without channel names keep their index order).
     """
     from tqdm.auto import tqdm
 
-    from .imageio import read_image
     from .segmentation import SegmentationParams
 
     if not isinstance(nuclei_params, NucleiParams):
@@ -541,14 +549,14 @@ def build_nuclei_outputs(
     # None ("auto"): each image's QC sizes derive from its median nucleus area
     diameter = seg_params.fixed_diameter if seg_params is not None else None
     crop = nuclei_params.crop()
-    images = list(images)
+    images, reading = list(images), dict(dna_channel=dna_channel, z_projection=z_projection)
     if not images:
         raise CosmicInputError(f"sample '{sample}': no images to measure; check the sample sheet")
 
     tables, channels = [], None
     for name, img_path, mask_path in tqdm(images, desc=f"{sample}: measure", disable=not progress,
                                           unit="image"):
-        img = read_image(img_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
+        img = _read_image(img_path, sample, channel_order, **reading)
         if channels is None:
             channels = img.channel_names
         elif len(img.channel_names) != len(channels):
@@ -572,7 +580,7 @@ def build_nuclei_outputs(
                                                    disable=not progress, unit="image"):
             if len(t) == 0:
                 continue
-            img = read_image(img_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
+            img = _read_image(img_path, sample, channel_order, **reading)
             mask = _read_mask(mask_path, img.shape_yx, sample)
             extract_crops(mask, img.pixels, t, crop, out=bank[start:start + len(t)])
             start += len(t)
