@@ -231,3 +231,58 @@ def test_the_folder_cli_rejects_bad_arguments(tmp_path):
     assert _run_cli(tmp_path, tmp_path / "o").returncode == 2  # no images
     assert _run_cli(tmp_path, tmp_path).returncode == 2  # would overwrite the images
     assert "auto" in json.dumps(_run_cli("--help").stdout)
+
+
+# ---- one diameter for the run (the workflow's `auto`) -----------------------------------------
+def test_reference_diameter_is_the_median_over_reference_images(tmp_path):
+    from cosmic.segmentation_size import reference_diameter, write_reference_diameter
+
+    paths = []
+    for k, diameter in enumerate((24, 30, 36)):
+        image, _ = nuclei_field(diameter, shape=(400, 400), seed=k)
+        paths.append(tmp_path / f"img_{k}.tif")
+        tifffile.imwrite(paths[-1], image)
+    result = reference_diameter(paths)
+    estimates = list(result["per_image"].values())
+    assert result["nucleus_diameter"] == pytest.approx(np.median(estimates))
+    assert 30 * 0.85 <= result["nucleus_diameter"] <= 30 * 1.25
+    write_reference_diameter(paths, tmp_path / "d.json")
+    assert json.loads((tmp_path / "d.json").read_text())["nucleus_diameter"] == pytest.approx(result["nucleus_diameter"])
+
+
+def test_reference_diameter_falls_back_with_a_warning(tmp_path):
+    from cosmic.segmentation_size import reference_diameter
+
+    noise = np.random.default_rng(0).normal(1000, 20, (256, 256)).clip(0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "noise.tif", noise)
+    with pytest.warns(UserWarning, match="nucleus-like"):
+        assert reference_diameter([tmp_path / "noise.tif"])["nucleus_diameter"] == 30.0
+
+
+def test_workflow_params_resolve_auto_and_per_image(tmp_path):
+    from cosmic.segmentation_size import workflow_params
+
+    (tmp_path / "d.json").write_text(json.dumps({"nucleus_diameter": 41.5}))
+    assert workflow_params({"nucleus_diameter": "auto"}, tmp_path / "d.json")["nucleus_diameter"] == 41.5
+    assert workflow_params({"nucleus_diameter": "per_image"}, None)["nucleus_diameter"] == "auto"
+    assert workflow_params({"nucleus_diameter": 25}, tmp_path / "d.json")["nucleus_diameter"] == 25
+    assert SegmentationParams(nucleus_diameter="per_image").fixed_diameter is None
+
+
+def test_reference_images_come_from_the_first_sample_only():
+    from cosmic.config import reference_images
+
+    images = {"a": {f"i{k:02d}": f"a/{k}.tif" for k in range(40)}, "b": {"x": "b/x.tif"}}
+    chosen = reference_images(images, limit=16)
+    assert len(chosen) == 16 and all(p.startswith("a/") for p in chosen) and len(set(chosen)) == 16
+    assert reference_images({"empty": {}, "b": {"x": "b/x.tif"}}) == ["b/x.tif"]
+
+
+def test_an_image_far_from_the_reference_diameter_is_flagged(tmp_path):
+    image, _ = nuclei_field(60, shape=(500, 500), seed=3)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    info = {}
+    with pytest.warns(SegmentationWarning, match="per_image"):
+        segment_image_file(tmp_path / "big.tif", tmp_path / "big.mask.tif", {"nucleus_diameter": 30}, info=info,
+                           compare_estimate=True)
+    assert info["image_diameter_estimate"] > 45

@@ -105,6 +105,17 @@ cosmic_imageio.check_dna_channel(config["imaging"]["dna_channel"], FIRST_IMAGE)
 
 # Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
 MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
+
+# segmentation.nucleus_diameter: auto segments every image with one diameter, measured on reference
+# images (up to 16 images of the first segmented sample), so the processing is the same for all
+# samples; `per_image` measures it on each image instead.
+REFERENCE_DIAMETER = f"{RESULTS}/segmentation/nucleus_diameter.json"
+REFERENCE_IMAGES = cosmic_config.reference_images(
+    {sample: IMAGES[sample] for sample in SAMPLES.index if sample not in MASKS}
+)
+MEASURE_REFERENCE_DIAMETER = (
+    config["segmentation"]["nucleus_diameter"] == "auto" and len(REFERENCE_IMAGES) > 0
+)
 # The morphology representation COSMIC models: images are embedded by the foundation model, so
 # `auto` is X_fm with images and X_morph with morphology tables; `fm` without images is an error.
 COSMIC_REPRESENTATION = for_workflow(
@@ -128,9 +139,19 @@ def segment_inputs(wildcards):
     inputs = {"image": image_path(wildcards)}
     if wildcards.sample in MASKS:
         inputs["mask"] = MASKS[wildcards.sample][wildcards.image]
-    elif config["pairing"]["split_merged_nuclei"]:
+        return inputs
+    if config["pairing"]["split_merged_nuclei"]:
         inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
+    if MEASURE_REFERENCE_DIAMETER:
+        inputs["diameter"] = REFERENCE_DIAMETER
     return inputs
+
+
+def reference_diameter_input(wildcards):
+    """The run's reference diameter file when segmentation.nucleus_diameter is auto."""
+    if MEASURE_REFERENCE_DIAMETER and wildcards.sample not in MASKS:
+        return REFERENCE_DIAMETER
+    return []
 
 
 def segmentation_params(wildcards):

@@ -5,6 +5,7 @@ rule nuclei:
     input:
         images=sample_images,
         masks=sample_masks,
+        diameter=reference_diameter_input,
     output:
         table=f"{RESULTS}/nuclei/{{sample}}/nuclei.parquet",
         crops=f"{RESULTS}/nuclei/{{sample}}/crops.npy",

@@ -21,3 +21,23 @@ rule segment:
         image_name=lambda wildcards: wildcards.image,
     script:
         "../scripts/segment.py"
+
+
+# One nucleus diameter for the whole run (segmentation.nucleus_diameter: auto).
+rule nucleus_diameter:
+    input:
+        images=REFERENCE_IMAGES,
+    output:
+        REFERENCE_DIAMETER,
+    log:
+        f"{RESULTS}/logs/nucleus_diameter.log",
+    conda:
+        "../envs/imaging.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        dna_channel=config["imaging"]["dna_channel"],
+        z_projection=config["imaging"]["z_projection"],
+    script:
+        "../scripts/nucleus_diameter.py"

@@ -26,6 +26,7 @@ if "mask" in snakemake.input.keys():  # sample-sheet column `masks`: import inst
     )
 else:
     from cosmic.segmentation import segment_image_file
+    from cosmic.segmentation_size import workflow_params
 
     positions = None
     if "pairing" in snakemake.input.keys():
@@ -38,12 +39,13 @@ else:
     n = segment_image_file(
         snakemake.input.image,
         snakemake.output.mask,
-        params=snakemake.params.segmentation,
+        params=workflow_params(snakemake.params.segmentation, snakemake.input.get("diameter")),
         dna_channel=snakemake.params.dna_channel,
         z_projection=snakemake.params.z_projection,
         sample=snakemake.wildcards.sample,
         positions_yx=positions,
         info=info,
+        compare_estimate="diameter" in snakemake.input.keys(),
     )
     print(
         f"{snakemake.input.image}: {n} nuclei; nucleus diameter {info['nucleus_diameter']:.1f} px "

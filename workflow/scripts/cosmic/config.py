@@ -326,3 +326,14 @@ def params_from_config(cls, block: str, mapping=None, **overrides):
         raise
     except (TypeError, ValueError) as exc:
         raise CosmicInputError(f"config '{block}': {exc}") from exc
+
+
+def reference_images(images_by_sample: dict, limit: int = 16) -> list[str]:
+    """Images the run's nucleus diameter is measured on: up to ``limit`` images, evenly spaced in
+    name order, of the first sample that has images (adding samples later does not change them)."""
+    for images in images_by_sample.values():
+        if images:
+            names = sorted(images)
+            step = len(names) / min(limit, len(names))
+            return [images[names[int(i * step)]] for i in range(min(limit, len(names)))]
+    return []

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 LOG_GAIN = 30.0
 THRESHOLD_METHODS = ("otsu", "li", "mean", "triangle", "local")
 AUTO = "auto"
+PER_IMAGE = "per_image"
+MEASURED = (AUTO, PER_IMAGE)  # diameters measured on the images rather than given in pixels
 SIZE_FILTER_WARN_FRACTION = 0.25
 """Warn when the area filters remove more than this fraction of the candidate nuclei."""
 
@@ -114,8 +116,9 @@ class SegmentationParams:
     # ---- derived values -------------------------------------------------------------
     @property
     def fixed_diameter(self) -> float | None:
-        """The configured diameter in pixels, or None for "auto" (measured per image)."""
-        return None if self.nucleus_diameter == AUTO else float(self.nucleus_diameter)
+        """The configured diameter in pixels, or None for "auto" / "per_image" (measured on the image
+        when the workflow has not resolved it to the run's reference diameter)."""
+        return None if self.nucleus_diameter in MEASURED else float(self.nucleus_diameter)
 
     @property
     def diameter(self) -> float:
@@ -184,12 +187,12 @@ class SegmentationParams:
                     f"number, got {v!r}"
                 )
 
-        if self.nucleus_diameter != AUTO:
+        if self.nucleus_diameter not in MEASURED:
             try:
                 positive("nucleus_diameter", allow_none=False)
             except CosmicInputError:
                 raise CosmicInputError(
-                    f'segmentation parameter nucleus_diameter must be "auto" or a positive number '
+                    f'segmentation parameter nucleus_diameter must be "auto", "per_image" or a positive number '
                     f"(pixels), got {self.nucleus_diameter!r}"
                 ) from None
         positive("threshold_scale", allow_none=False)
@@ -467,13 +470,16 @@ def segment_image_file(
     sample: str | None = None,
     positions_yx=None,
     info: dict | None = None,
+    compare_estimate: bool = False,
 ) -> int:
     """Read an image, segment its DNA channel, write the label TIFF; return the nucleus count.
 
     ``positions_yx``: recorded cell positions in this image (from the pairing table); nuclei
     holding several of them are split (see :func:`split_at_positions`). ``info``: a dict to
     fill as in :func:`segment_nuclei` (plus ``split_at_positions``); the diameter used and its
-    source are also stored in the mask's TIFF description.
+    source are also stored in the mask's TIFF description. ``compare_estimate``: also measure the
+    diameter on this image and warn when it is far from the one used (the run's reference
+    diameter), e.g. when images of another magnification are mixed in.
     """
     from .imageio import read_image
 
@@ -481,6 +487,8 @@ def segment_image_file(
         params = SegmentationParams.from_config(params)
     image = read_image(image_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
     record = {}
+    if compare_estimate and params.fixed_diameter is not None:
+        _compare_with_image(image.dna, params.fixed_diameter, record, describe(image_path, sample))
     labels = segment_nuclei(image.dna, params, info=record, name=describe(image_path, sample))
     if positions_yx is not None:
         used = params.with_diameter(record["nucleus_diameter"])
@@ -490,6 +498,16 @@ def segment_image_file(
     if info is not None:
         info.update(record)
     return int(labels.max())
+
+
+def _compare_with_image(dna, diameter: float, record: dict, where: str) -> None:
+    """Record this image's own diameter estimate; warn when it is outside 0.75-1.33 x ``diameter``."""
+    estimate = estimate_nucleus_diameter(dna)
+    record["image_diameter_estimate"] = estimate
+    if math.isfinite(estimate) and not 0.75 <= estimate / diameter <= 1.33:
+        warnings.warn(f"{where}: nuclei look {estimate:.0f} px across but the run segments with {diameter:.0f} px "
+                      "(the reference diameter). If this image has another magnification, set "
+                      "segmentation.nucleus_diameter: per_image.", SegmentationWarning, stacklevel=3)
 
 
 if __name__ == "__main__":  # python -m cosmic.segmentation IMAGES_DIR OUT_DIR [options]

@@ -142,3 +142,52 @@ def estimate_nucleus_diameter(image: np.ndarray, normalised: bool = False) -> fl
     if not math.isfinite(d):
         return math.nan
     return float(min(max(d, 4.0), max(img.shape)))
+
+
+def reference_diameter(image_paths, dna_channel=0, z_projection: str = "max") -> dict:
+    """One nucleus diameter for a whole run: the median of the estimates on ``image_paths``.
+
+    Segmenting every image with the same diameter keeps the processing identical across images,
+    so a treatment that enlarges nuclei changes the measured sizes, not the segmentation settings
+    (per-image diameters let those settings, and through them shape features, differ by sample).
+    Returns ``{"nucleus_diameter", "per_image", "source"}``; falls back to 30 px with a warning when
+    no image holds anything nucleus-like.
+    """
+    import warnings
+
+    from .imageio import read_image
+
+    per_image = {}
+    for path in image_paths:
+        dna = read_image(path, dna_channel=dna_channel, z_projection=z_projection).dna
+        per_image[str(path)] = estimate_nucleus_diameter(dna)
+    found = [d for d in per_image.values() if math.isfinite(d)]
+    if not found:
+        warnings.warn(f"no nucleus-like objects to measure the nucleus diameter on in {len(per_image)} reference "
+                      f"image(s); using {FALLBACK_DIAMETER:g} px. Set segmentation.nucleus_diameter to a number.",
+                      UserWarning, stacklevel=2)
+        return dict(nucleus_diameter=FALLBACK_DIAMETER, per_image=per_image, source="fallback")
+    return dict(nucleus_diameter=float(np.median(found)), per_image=per_image, source="median of reference images")
+
+
+def write_reference_diameter(image_paths, out_path, dna_channel=0, z_projection: str = "max") -> dict:
+    """:func:`reference_diameter` written to ``out_path`` as JSON (atomically)."""
+    from .atomic import write_json
+
+    result = reference_diameter(image_paths, dna_channel, z_projection)
+    write_json(out_path, {**result, "per_image": {k: (None if not math.isfinite(v) else v)
+                                                  for k, v in result["per_image"].items()}})
+    return result
+
+
+def workflow_params(block: dict | None, reference_path=None) -> dict:
+    """The segmentation config block with ``nucleus_diameter: auto`` replaced by the run's reference
+    diameter (read from ``reference_path``); ``per_image`` is passed on as a per-image estimate."""
+    import json
+
+    block = dict(block or {})
+    if block.get("nucleus_diameter", "auto") == "auto" and reference_path is not None:
+        block["nucleus_diameter"] = float(json.loads(open(reference_path).read())["nucleus_diameter"])
+    elif block.get("nucleus_diameter") == "per_image":
+        block["nucleus_diameter"] = "auto"
+    return block
