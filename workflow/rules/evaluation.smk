@@ -1,0 +1,49 @@
+# Repeated held-out evaluation of COSMIC against the baselines (cosmic.evaluation): one job per
+# split, then the summary over splits.
+
+
+# Repeated held-out evaluation: split 0 scores the `cosmic` rule's model; each further split
+# refits COSMIC (resumable state in models/cosmic/splits/<split>/).
+rule cosmic_split:
+    input:
+        unpack(cosmic_split_inputs),
+    output:
+        table=split_table("{split}"),
+    log:
+        f"{RESULTS}/logs/cosmic_split/{{split}}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        cosmic=config["cosmic"],
+        model_dir=lambda wildcards: f"{RESULTS}/models/cosmic/splits/{wildcards.split}",
+        dna_channel=config["imaging"]["dna_channel"],
+        samples=list(SAMPLES.index),
+    script:
+        "../scripts/cosmic_split.py"
+
+
+rule cosmic_evaluation:
+    input:
+        tables=[split_table(split) for split in range(N_SPLITS)],
+        cell_cycle=f"{RESULTS}/analysis/cell_cycle/position_agreement.tsv",
+    output:
+        summary=f"{RESULTS}/cosmic/evaluation/summary.tsv",
+        paired=f"{RESULTS}/cosmic/evaluation/paired.tsv",
+        figure=report(
+            f"{RESULTS}/cosmic/evaluation/figures/paired_differences.png",
+            caption="../report/cosmic_evaluation.rst",
+            category="COSMIC",
+        ),
+        caption=f"{RESULTS}/cosmic/evaluation/figures/paired_differences.txt",
+    log:
+        f"{RESULTS}/logs/cosmic_evaluation.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/cosmic_evaluation.py"
