@@ -235,7 +235,7 @@ def test_the_folder_cli_rejects_bad_arguments(tmp_path):
 
 # ---- one diameter for the run (the workflow's `auto`) -----------------------------------------
 def test_reference_diameter_is_the_median_over_reference_images(tmp_path):
-    from cosmic.segmentation_size import reference_diameter, write_reference_diameter
+    from cosmic.segmentation_size import reference_diameter, sample_diameter, write_sample_diameter
 
     paths = []
     for k, diameter in enumerate((24, 30, 36)):
@@ -246,8 +246,17 @@ def test_reference_diameter_is_the_median_over_reference_images(tmp_path):
     estimates = list(result["per_image"].values())
     assert result["nucleus_diameter"] == pytest.approx(np.median(estimates))
     assert 30 * 0.85 <= result["nucleus_diameter"] <= 30 * 1.25
-    write_reference_diameter(paths, tmp_path / "d.json")
+    write_sample_diameter(paths, paths, tmp_path / "d.json")
     assert json.loads((tmp_path / "d.json").read_text())["nucleus_diameter"] == pytest.approx(result["nucleus_diameter"])
+    # a sample 15 % larger (a treatment) keeps the run's diameter; one at another magnification gets its own
+    bigger, _ = nuclei_field(34, shape=(400, 400), seed=5)
+    tifffile.imwrite(tmp_path / "bigger.tif", bigger)
+    assert sample_diameter(paths, [tmp_path / "bigger.tif"])["nucleus_diameter"] == result["nucleus_diameter"]
+    zoomed, _ = nuclei_field(90, shape=(900, 900), seed=6)
+    tifffile.imwrite(tmp_path / "zoomed.tif", zoomed)
+    other = sample_diameter(paths, [tmp_path / "zoomed.tif"])
+    assert other["nucleus_diameter"] == pytest.approx(other["sample"]) and other["nucleus_diameter"] > 70
+    assert "magnification" in other["source"]
 
 
 def test_reference_diameter_falls_back_with_a_warning(tmp_path):

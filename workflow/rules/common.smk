@@ -106,10 +106,10 @@ cosmic_imageio.check_dna_channel(config["imaging"]["dna_channel"], FIRST_IMAGE)
 # Samples given as precomputed morphology tables skip segmentation, nuclei and pretraining.
 MORPHOLOGY_TABLES = (not DEMO) and cosmic_config.morphology_mode(SAMPLES)
 
-# segmentation.nucleus_diameter: auto segments every image with one diameter, measured on reference
-# images (up to 16 images of the first segmented sample), so the processing is the same for all
-# samples; `per_image` measures it on each image instead.
-REFERENCE_DIAMETER = f"{RESULTS}/segmentation/nucleus_diameter.json"
+# segmentation.nucleus_diameter: auto segments every image of a sample with one diameter: the run's
+# reference (measured on up to 16 images of the first segmented sample) unless the sample's own
+# nuclei are more than 25 % off it (another magnification); so a treatment that changes nuclear
+# size does not change the segmentation settings. `per_image` measures it on each image instead.
 REFERENCE_IMAGES = cosmic_config.reference_images(
     {sample: IMAGES[sample] for sample in SAMPLES.index if sample not in MASKS}
 )
@@ -143,15 +143,27 @@ def segment_inputs(wildcards):
     if config["pairing"]["split_merged_nuclei"]:
         inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
     if MEASURE_REFERENCE_DIAMETER:
-        inputs["diameter"] = REFERENCE_DIAMETER
+        inputs["diameter"] = diameter_file(wildcards.sample)
     return inputs
 
 
+def diameter_file(sample):
+    return f"{RESULTS}/segmentation/{sample}/nucleus_diameter.json"
+
+
 def reference_diameter_input(wildcards):
-    """The run's reference diameter file when segmentation.nucleus_diameter is auto."""
+    """The sample's nucleus-diameter file when segmentation.nucleus_diameter is auto."""
     if MEASURE_REFERENCE_DIAMETER and wildcards.sample not in MASKS:
-        return REFERENCE_DIAMETER
+        return diameter_file(wildcards.sample)
     return []
+
+
+def nucleus_diameter_inputs(wildcards):
+    """The run's reference images and (up to 16 of) the sample's own images."""
+    return {
+        "reference": REFERENCE_IMAGES,
+        "images": cosmic_config.reference_images({wildcards.sample: IMAGES[wildcards.sample]}),
+    }
 
 
 def segmentation_params(wildcards):

@@ -23,14 +23,15 @@ rule segment:
         "../scripts/segment.py"
 
 
-# One nucleus diameter for the whole run (segmentation.nucleus_diameter: auto).
+# One nucleus diameter per sample, the run's reference unless the sample's scale differs
+# (segmentation.nucleus_diameter: auto).
 rule nucleus_diameter:
     input:
-        images=REFERENCE_IMAGES,
+        unpack(nucleus_diameter_inputs),
     output:
-        REFERENCE_DIAMETER,
+        f"{RESULTS}/segmentation/{{sample}}/nucleus_diameter.json",
     log:
-        f"{RESULTS}/logs/nucleus_diameter.log",
+        f"{RESULTS}/logs/nucleus_diameter/{{sample}}.log",
     conda:
         "../envs/imaging.yaml"
     resources:

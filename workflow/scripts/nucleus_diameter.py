@@ -1,4 +1,4 @@
-"""Rule `nucleus_diameter`: one nucleus diameter for the run, measured on the reference images."""
+"""Rule `nucleus_diameter`: the nucleus diameter one sample is segmented with (segmentation.nucleus_diameter: auto)."""
 
 import sys
 
@@ -6,14 +6,16 @@ from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from cosmic.segmentation_size import write_reference_diameter
+from cosmic.segmentation_size import write_sample_diameter
 
-result = write_reference_diameter(
+result = write_sample_diameter(
+    snakemake.input.reference,
     snakemake.input.images,
     snakemake.output[0],
     dna_channel=snakemake.params.dna_channel,
     z_projection=snakemake.params.z_projection,
 )
-print(f"nucleus diameter {result['nucleus_diameter']:.1f} px ({result['source']}); per image:", file=sys.stderr)
+print(f"nucleus diameter {result['nucleus_diameter']:.1f} px ({result['source']}); run reference "
+      f"{result['reference']:.1f} px, this sample {result['sample']:.1f} px; per image:", file=sys.stderr)
 for path, diameter in result["per_image"].items():
     print(f"  {path}: {diameter:.1f} px", file=sys.stderr)

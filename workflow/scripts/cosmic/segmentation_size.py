@@ -170,11 +170,31 @@ def reference_diameter(image_paths, dna_channel=0, z_projection: str = "max") ->
     return dict(nucleus_diameter=float(np.median(found)), per_image=per_image, source="median of reference images")
 
 
-def write_reference_diameter(image_paths, out_path, dna_channel=0, z_projection: str = "max") -> dict:
-    """:func:`reference_diameter` written to ``out_path`` as JSON (atomically)."""
+SAME_SCALE = (0.75, 1.33)
+"""A sample whose own diameter is within this factor of the run's reference uses the reference."""
+
+
+def sample_diameter(reference_paths, sample_paths, dna_channel=0, z_projection: str = "max") -> dict:
+    """The diameter a sample is segmented with: the run's reference (median over the reference images)
+    unless the sample's own median is outside :data:`SAME_SCALE` times it (another magnification), then
+    its own. Returns ``{"nucleus_diameter", "reference", "sample", "source", "per_image"}``."""
+    reference = reference_diameter(reference_paths, dna_channel, z_projection)
+    same = [str(p) for p in sample_paths] == [str(p) for p in reference_paths]
+    own = reference if same else reference_diameter(sample_paths, dna_channel, z_projection)
+    ratio = own["nucleus_diameter"] / reference["nucleus_diameter"]
+    use_reference = own["source"] == "fallback" or SAME_SCALE[0] <= ratio <= SAME_SCALE[1]
+    source = ("run reference" if use_reference else
+              f"this sample's own: its nuclei are {ratio:.2f} x the run reference (another magnification?)")
+    return dict(nucleus_diameter=reference["nucleus_diameter"] if use_reference else own["nucleus_diameter"],
+                reference=reference["nucleus_diameter"], sample=own["nucleus_diameter"], source=source,
+                per_image={**reference["per_image"], **own["per_image"]})
+
+
+def write_sample_diameter(reference_paths, sample_paths, out_path, dna_channel=0, z_projection: str = "max") -> dict:
+    """:func:`sample_diameter` written to ``out_path`` as JSON (atomically)."""
     from .atomic import write_json
 
-    result = reference_diameter(image_paths, dna_channel, z_projection)
+    result = sample_diameter(reference_paths, sample_paths, dna_channel, z_projection)
     write_json(out_path, {**result, "per_image": {k: (None if not math.isfinite(v) else v)
                                                   for k, v in result["per_image"].items()}})
     return result
