@@ -162,7 +162,9 @@ def nucleus_diameter_inputs(wildcards):
     """The run's reference images and (up to 16 of) the sample's own images."""
     return {
         "reference": REFERENCE_IMAGES,
-        "images": cosmic_config.reference_images({wildcards.sample: IMAGES[wildcards.sample]}),
+        "images": cosmic_config.reference_images(
+            {wildcards.sample: IMAGES[wildcards.sample]}
+        ),
     }
 
 
