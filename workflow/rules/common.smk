@@ -381,7 +381,10 @@ def report_inputs(wildcards):
         ]
         data += GENERATED_NUCLEI_FILES
     elif name == "cell_cycle":
-        data.append(f"{RESULTS}/analysis/cell_cycle/summary.json")
+        data += [
+            f"{RESULTS}/analysis/cell_cycle/summary.json",
+            f"{RESULTS}/analysis/cell_cycle/position_agreement.tsv",
+        ]
     elif name == "drug_response":
         data.append(f"{RESULTS}/analysis/drug_response/summary.json")
     return {"notebook": notebook, "data": data}
