@@ -39,8 +39,10 @@ def assert_failed_before_jobs(result, tmp_path, *fragments):
 
 # ------------------------------------------------------------------ dry runs
 
-def test_dry_run_default_config():
-    result = run_snakemake("-n", "--quiet", "rules")
+def test_dry_run_default_config(tmp_path):
+    # in a temporary directory: the checkout's own results/ (e.g. after the README's demo) must not matter
+    result = run_snakemake("-n", "--quiet", "rules", "--configfile", REPO / "config/config.yaml",
+                           "--directory", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout + result.stderr
 
@@ -52,7 +54,8 @@ def test_dry_run_test_config(tmp_path):
 
 
 def test_dry_run_slurm_profile(tmp_path, fake_conda):
-    result = run_snakemake("-n", "--profile", REPO / "profiles/slurm", env=fake_conda)
+    result = run_snakemake("-n", "--profile", REPO / "profiles/slurm", "--configfile", REPO / "config/config.yaml",
+                           "--directory", tmp_path, env=fake_conda)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo" in result.stdout
 

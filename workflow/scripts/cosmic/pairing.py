@@ -8,11 +8,13 @@ that cannot be paired unambiguously are dropped and every drop is recorded in th
 
 from __future__ import annotations
 
+# anndata is imported where it is used: the segment rule's environment (imaging.yaml) reads
+# pairing tables through this module and has no anndata.
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import tifffile
@@ -303,6 +305,8 @@ def summarise_qc(qc: pd.DataFrame) -> pd.DataFrame:
 def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
     """Concatenate paired samples; recompute the PCA jointly (per-sample PCAs are not comparable)."""
     import scanpy as sc
+
+    import anndata as ad
 
     cohort = ad.concat(paired, join="inner", merge="same", uns_merge="same", index_unique=None)
     if not cohort.obs_names.is_unique:
