@@ -26,6 +26,10 @@ rule cosmic_split:
         "../scripts/cosmic_split.py"
 
 
+localrules:
+    cosmic_evaluation,
+
+
 rule cosmic_evaluation:
     input:
         tables=[split_table(split) for split in range(N_SPLITS)],

@@ -36,6 +36,10 @@ rule report_html:
         "../scripts/report_html.py"
 
 
+localrules:
+    report_index,
+
+
 rule report_index:
     input:
         expand(f"{RESULTS}/reports/{{name}}.html", name=REPORTS),
