@@ -77,13 +77,13 @@ RESUME_STATE = (
 
 
 def declared_files(workdir) -> set[str]:
-    """Every output and log path of every job, as a forced dry run lists them."""
+    """Every output, log and benchmark path of every job, as a forced dry run lists them."""
     dry = run_snakemake("-n", "-F", "--configfile", REPO / ".test/config/config.yaml", "--directory", workdir)
     assert dry.returncode == 0, dry.stderr[-2000:]
     declared = set()
     for line in dry.stdout.splitlines():
         line = line.strip()
-        for field in ("output: ", "log: "):
+        for field in ("output: ", "log: ", "benchmark: "):
             if line.startswith(field):
                 declared.update(path.strip() for path in line[len(field):].split(","))
     return declared

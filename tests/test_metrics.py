@@ -266,3 +266,20 @@ def test_kernel_ridge_tuned_recovers_a_nonlinear_map():
     assert fit["test"].shape == (100, 2) and fit["val_score"] > 0.8
     assert M.mean_r2(y[500:], fit["test"]) > 0.8
     assert M.mean_r2(y[500:], M.ridge_baseline(x[:400], y[:400], x[500:])) < 0.5
+
+
+def test_matching_metrics_blockwise_equal_the_dense_computation():
+    """FOSCTTM and retrieval in blocks of rows/columns (flat memory) give the dense n x n answer."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(257, 6))
+    y = x + rng.normal(scale=0.8, size=x.shape)
+    d = ((x[:, None] - y[None]) ** 2).sum(-1)
+    diag = np.diag(d)
+    by_row = (d < diag[:, None]).sum(1) + 0.5 * ((d == diag[:, None]).sum(1) - 1)
+    by_col = (d < diag[None, :]).sum(0) + 0.5 * ((d == diag[None, :]).sum(0) - 1)
+    dense_foscttm = (by_row.mean() + by_col.mean()) / 2 / (len(x) - 1)
+    for block in (1, 7, 64, 1000):
+        assert M.foscttm(x, y, block=block) == pytest.approx(dense_foscttm, abs=1e-12)
+        assert M.topk_retrieval(x, y, 5, block=block) == pytest.approx((by_row < 5).mean(), abs=1e-12)
+    # a constant prediction ties with everything: 0.5 in blocks too
+    assert M.foscttm(np.zeros_like(x), y, block=10) == pytest.approx(0.5)

@@ -30,6 +30,8 @@ rule cell_cycle:
         ),
     log:
         f"{RESULTS}/logs/cell_cycle.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cell_cycle.tsv"
     conda:
         "../envs/rna.yaml"
     resources:

@@ -31,6 +31,8 @@ rule cosmic:
         captions=COSMIC_CAPTIONS,
     log:
         f"{RESULTS}/logs/cosmic.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cosmic.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -28,6 +28,8 @@ rule drug_response:
         ),
     log:
         f"{RESULTS}/logs/drug_response.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/drug_response.tsv"
     conda:
         "../envs/rna.yaml"
     resources:

@@ -9,6 +9,8 @@ rule embed:
         f"{RESULTS}/nuclei/{{sample}}/embedding.npy",
     log:
         f"{RESULTS}/logs/embed/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{sample}}.tsv"
     conda:
         "../envs/torch.yaml"
     resources:

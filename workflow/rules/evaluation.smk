@@ -11,6 +11,8 @@ rule cosmic_split:
         table=split_table("{split}"),
     log:
         f"{RESULTS}/logs/cosmic_split/{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cosmic_split/{{split}}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -11,6 +11,8 @@ rule nuclei:
         crops=f"{RESULTS}/nuclei/{{sample}}/crops.npy",
     log:
         f"{RESULTS}/logs/nuclei/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/nuclei/{{sample}}.tsv"
     conda:
         "../envs/imaging.yaml"
     resources:

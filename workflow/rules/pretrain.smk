@@ -14,6 +14,8 @@ rule pretrain:
         config=f"{RESULTS}/models/foundation/config.json",
     log:
         f"{RESULTS}/logs/pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2

@@ -15,6 +15,8 @@ rule rna:
         ),
     log:
         f"{RESULTS}/logs/rna/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rna/{{sample}}.tsv"
     conda:
         "../envs/rna.yaml"
     resources:

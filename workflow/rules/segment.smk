@@ -9,6 +9,9 @@ rule segment:
         mask=f"{RESULTS}/segmentation/{{sample}}/{{image}}.mask.tif",
     log:
         f"{RESULTS}/logs/segment/{{sample}}/{{image}}.log",
+    # on a cluster, many images per submitted job (group-components in profiles/slurm)
+    group:
+        "segment"
     conda:
         "../envs/imaging.yaml"
     resources:

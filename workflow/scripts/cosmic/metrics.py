@@ -114,32 +114,54 @@ def _sq_dist(a, b) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def _true_rank(dist: np.ndarray) -> np.ndarray:
-    """Per row i, the rank of column i among all columns (0 = closest; ties count half)."""
-    diag = np.diag(dist)[:, None]
-    closer = (dist < diag).sum(1)
-    ties = (dist == diag).sum(1) - 1
-    return closer + 0.5 * ties
+MAX_BLOCK_ENTRIES = 2 ** 24  # distances held at once by the matching metrics (~128 MB of float64)
 
 
-def foscttm(x, y) -> float:
+def _rank_of_partner(d: np.ndarray, rows: np.ndarray, axis: int) -> np.ndarray:
+    """Rank of each true partner within a block of the distance matrix (0 = closest; ties count half).
+
+    ``d`` holds whole rows (``axis=1``) or whole columns (``axis=0``) of the cells in ``rows``."""
+    local = np.arange(len(rows))
+    partner = d[local, rows][:, None] if axis == 1 else d[rows, local][None, :]
+    return (d < partner).sum(axis) + 0.5 * ((d == partner).sum(axis) - 1)
+
+
+def partner_ranks(x, y, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For every cell i (row i of ``x`` and of ``y`` are the same cell): the rank of y[i] among all y
+    by distance to x[i], and the rank of x[i] among all x by distance to y[i].
+
+    Computed in blocks of rows and columns, so memory is O(block x n) instead of O(n^2)
+    (``block`` defaults to :data:`MAX_BLOCK_ENTRIES` / n); the values equal the dense computation.
+    """
+    x, y = _2d(x), _2d(y)
+    n = len(x)
+    block = int(block or max(1, MAX_BLOCK_ENTRIES // max(n, 1)))
+    by_row, by_column = np.empty(n), np.empty(n)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(n, start + block))
+        by_row[rows] = _rank_of_partner(_sq_dist(x[rows], y), rows, axis=1)
+        by_column[rows] = _rank_of_partner(_sq_dist(x, y[rows]), rows, axis=0)
+    return by_row, by_column
+
+
+def foscttm(x, y, block: int | None = None) -> float:
     """Fraction Of Samples Closer Than the True Match, averaged over both directions.
 
     Row i of ``x`` and row i of ``y`` are the same cell (e.g. generated vs observed
     representations). 0 = every cell is closest to its partner; ~0.5 = random. Ties count half,
-    so a constant prediction scores 0.5.
+    so a constant prediction scores 0.5. Memory stays O(block x n) (:func:`partner_ranks`).
     """
-    d = _sq_dist(x, y)
-    n = len(d)
+    n = len(_2d(x))
     if n < 2:
         return float("nan")
-    return float((_true_rank(d).mean() + _true_rank(d.T).mean()) / 2 / (n - 1))
+    by_row, by_column = partner_ranks(x, y, block)
+    return float((by_row.mean() + by_column.mean()) / 2 / (n - 1))
 
 
-def topk_retrieval(query, reference, k: int = 1) -> float:
+def topk_retrieval(query, reference, k: int = 1, block: int | None = None) -> float:
     """Fraction of queries whose true partner (same row) is among the ``k`` nearest references."""
-    rank = _true_rank(_sq_dist(query, reference))
-    return float((rank < k).mean())
+    by_row, _ = partner_ranks(query, reference, block)
+    return float((by_row < k).mean())
 
 
 # ---------------------------------------------------------------------------------------
