@@ -142,8 +142,8 @@ def segment_inputs(wildcards):
         return inputs
     if config["pairing"]["split_merged_nuclei"]:
         inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
-    if MEASURE_REFERENCE_DIAMETER:
-        inputs["diameter"] = diameter_file(wildcards.sample)
+    if reference_diameter_input(wildcards):
+        inputs["diameter"] = reference_diameter_input(wildcards)
     return inputs
 
 
@@ -267,6 +267,13 @@ def cosmic_inputs(wildcards):
     return inputs
 
 
+def first_image_input():
+    """The image a DNA channel *name* is resolved on (crop banks keep its channel order)."""
+    if isinstance(config["imaging"]["dna_channel"], str) and FIRST_IMAGE:
+        return {"first_image": FIRST_IMAGE}
+    return {}
+
+
 def cosmic_nuclei_figure_inputs(wildcards):
     """Predictions, their decoded images, the foundation model (renders the observed
     embedding), the crop banks (real nuclei), the image a channel name is read on."""
@@ -276,8 +283,7 @@ def cosmic_nuclei_figure_inputs(wildcards):
         "foundation": f"{RESULTS}/models/foundation/model.pt",
         "crops": crops_inputs(),
     }
-    if isinstance(config["imaging"]["dna_channel"], str) and FIRST_IMAGE:
-        inputs["first_image"] = FIRST_IMAGE
+    inputs.update(first_image_input())
     return inputs
 
 
@@ -298,8 +304,7 @@ def cosmic_split_inputs(wildcards):
     if COSMIC_DECODES_IMAGES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
         inputs["crops"] = crops_inputs()
-        if isinstance(config["imaging"]["dna_channel"], str) and FIRST_IMAGE:
-            inputs["first_image"] = FIRST_IMAGE
+        inputs.update(first_image_input())
     return inputs
 
 

@@ -191,12 +191,11 @@ def sample_diameter(reference_paths, sample_paths, dna_channel=0, z_projection: 
 
 
 def write_sample_diameter(reference_paths, sample_paths, out_path, dna_channel=0, z_projection: str = "max") -> dict:
-    """:func:`sample_diameter` written to ``out_path`` as JSON (atomically)."""
+    """:func:`sample_diameter` written to ``out_path`` as JSON (atomically; NaN estimates as null)."""
     from .atomic import write_json
 
     result = sample_diameter(reference_paths, sample_paths, dna_channel, z_projection)
-    write_json(out_path, {**result, "per_image": {k: (None if not math.isfinite(v) else v)
-                                                  for k, v in result["per_image"].items()}})
+    write_json(out_path, result)
     return result
 
 
@@ -204,10 +203,11 @@ def workflow_params(block: dict | None, reference_path=None) -> dict:
     """The segmentation config block with ``nucleus_diameter: auto`` replaced by the run's reference
     diameter (read from ``reference_path``); ``per_image`` is passed on as a per-image estimate."""
     import json
+    from pathlib import Path
 
     block = dict(block or {})
     if block.get("nucleus_diameter", "auto") == "auto" and reference_path is not None:
-        block["nucleus_diameter"] = float(json.loads(open(reference_path).read())["nucleus_diameter"])
+        block["nucleus_diameter"] = float(json.loads(Path(reference_path).read_text())["nucleus_diameter"])
     elif block.get("nucleus_diameter") == "per_image":
         block["nucleus_diameter"] = "auto"
     return block

@@ -23,7 +23,7 @@ from . import baselines as B
 from .images import measure_crops
 from .. import metrics as M
 from .generation import generation_scores
-from .split import SplitData, _rows
+from .split import SplitData, metric_rows
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _space_rows(space: str, real: np.ndarray, generated: dict, data: SplitData, 
             ok = np.isfinite(cell_mean).all(1) & real_found
             scores["conditional_r2"] = M.total_r2(real_z[ok], cell_mean[ok]) if ok.sum() > 2 else float("nan")
         scores["nucleus_found"] = float(found.mean())
-        rows += _rows("morphology_from_rna", space, method, scores, data.sizes)
+        rows += metric_rows("morphology_from_rna", space, method, scores, data.sizes)
     return rows
 
 
@@ -130,11 +130,13 @@ def generated_crops(data: SplitData, context: ImageContext, train_cells, n_gener
     x_train, x_test = data.inputs(data.train, "rna"), data.inputs(data.test, "rna")
     k = max(1, int(n_generated))
     retrieved = B.nearest_rna_samples(x_train, data.train["rep"], x_test, k).indices
-    train_crops = context.real_crops(train_cells)
+    # only the retrieved training cells' crops are read, not the whole training set's
+    cells, position = np.unique(retrieved, return_inverse=True)
+    retrieved_crops = context.real_crops(train_cells[cells])[position.reshape(retrieved.shape)]
     return {
         "cosmic": context.decode(np.asarray(data.predictions["rep_samples"][:k])),
         "ridge_residual": context.decode(B.ridge_residual_samples(x_train, data.train["rep"], x_test, k, seed)),
-        "nearest_rna": train_crops[retrieved],
+        "nearest_rna": retrieved_crops,
     }
 
 

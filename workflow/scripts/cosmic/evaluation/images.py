@@ -26,6 +26,7 @@ from skimage.filters import threshold_otsu
 
 from ..errors import CosmicInputError
 from ..nuclei import NucleiParams, feature_columns, measure_nuclei
+from ..segmentation_size import FALLBACK_DIAMETER
 
 __all__ = ["segment_crop_nucleus", "measure_crops", "image_space_features", "SMOOTHING_SIGMA", "TILE_GAP"]
 
@@ -149,15 +150,6 @@ def _check_crops(crops, dna_channel: int) -> np.ndarray:
     return crops
 
 
-def _default_diameter() -> float:
-    """``segmentation.nucleus_diameter``'s default (px): the diameter a default run's nuclei
-    tables were measured with."""
-    from ..segmentation import SegmentationParams
-
-    d = SegmentationParams.__dataclass_fields__["nucleus_diameter"].default
-    return float(d) if isinstance(d, (int, float)) else 30.0
-
-
 def measure_crops(crops, dna_channel: int = 0, nuclei_params: NucleiParams | Mapping | None = None, *,
                   nucleus_diameter: float | None = None, channel_names: Sequence[str] | None = None,
                   batch_size: int = 256, sigma: float = SMOOTHING_SIGMA) -> pd.DataFrame:
@@ -183,7 +175,7 @@ def measure_crops(crops, dna_channel: int = 0, nuclei_params: NucleiParams | Map
     pixel in its ring does the background fall back to the median of the batch's background,
     as :func:`measure_nuclei` falls back to the image's.) The ring width is
     ``nuclei_params.background_ring_width``, or half of ``nucleus_diameter`` (at least 4 px);
-    ``nucleus_diameter`` defaults to the segmentation default (30 px), not to the batch's
+    ``nucleus_diameter`` defaults to 30 px (``FALLBACK_DIAMETER``), not to the batch's
     median, so that a crop's numbers do not depend on the other crops: pass the
     segmentation's ``nucleus_diameter`` to match the nuclei tables of a run.
     """
@@ -197,7 +189,7 @@ def measure_crops(crops, dna_channel: int = 0, nuclei_params: NucleiParams | Map
     names = list(channel_names) if channel_names is not None else [f"ch{i}" for i in range(C)]
     if len(names) != C:
         raise CosmicInputError(f"measure_crops: {len(names)} channel names for {C} channels")
-    diameter = float(nucleus_diameter) if nucleus_diameter is not None else _default_diameter()
+    diameter = float(nucleus_diameter) if nucleus_diameter is not None else FALLBACK_DIAMETER
     columns = _feature_names(names, dna_channel, nuclei_params)
     N, bs = crops.shape[0], int(batch_size)
     feats = np.full((N, len(columns)), np.nan)

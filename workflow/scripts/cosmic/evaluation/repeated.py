@@ -10,7 +10,6 @@ on crops and never sees expression or labels.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pandas as pd
 
@@ -27,11 +26,13 @@ def split_params(params, split: int):
     return dataclasses.replace(params, seed=params.seed + int(split))
 
 
-def split_table(split: int, cells, pre, predictions: dict, labels, params, images=None) -> pd.DataFrame:
+def split_table(split: int, cells, pre, predictions: dict, labels, params, images=None, train=None) -> pd.DataFrame:
     """The per-split rows of a fitted split (``cells``: :class:`~cosmic.crossmodal.run.Cells`; ``images``:
-    an :class:`~cosmic.evaluation.image_rows.ImageContext` to score generated nuclei as images)."""
+    an :class:`~cosmic.evaluation.image_rows.ImageContext` to score generated nuclei as images; ``train``:
+    :meth:`Preprocessor.transform` of the training cells when the caller has it already)."""
     train_cells, test_cells = cells.part("train"), cells.part("test")
-    data = SplitData(split=int(split), train=pre.transform(train_cells), val=pre.transform(cells.part("val")),
+    train = pre.transform(train_cells) if train is None else train
+    data = SplitData(split=int(split), train=train, val=pre.transform(cells.part("val")),
                      test={k[len("observed_"):]: v for k, v in predictions.items() if k.startswith("observed_")},
                      predictions=predictions, labels=labels)
     evaluation = params.evaluation_params
@@ -39,8 +40,7 @@ def split_table(split: int, cells, pre, predictions: dict, labels, params, image
     if images is not None:
         from .image_rows import image_rows
 
-        images.preprocessor = pre
-        images.with_cohort(cells.cohort)
+        images = dataclasses.replace(images, preprocessor=pre).with_cohort(cells.cohort)
         rows += image_rows(data, images, train_cells, test_cells, n_generated=evaluation.n_generated,
                            seed=params.seed, max_cells=evaluation.max_cells)
     return pd.DataFrame(rows, columns=list(PER_SPLIT_COLUMNS))
@@ -83,13 +83,13 @@ def run_split(cohort, params, split: int, table_path, outdir_model=None, fitted_
     with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
         cells = split_cohort(cohort, params)
         model, pre = _fitted(cells, params, outdir_model, fitted_model, progress)
-        test_cells = cells.part("test")
+        train_cells, test_cells = cells.part("train"), cells.part("test")
         predictions = predict(model, pre, test_cells, params.n_samples, seed=params.seed)
+        train = pre.transform(train_cells)
         pc_std = pre.state["pc_std"]
-        _, labels, _ = celltypes.rna_labels(cells.part("train"), test_cells,
-                                            pre.transform(cells.part("train"))["rna"] * pc_std,
+        _, labels, _ = celltypes.rna_labels(train_cells, test_cells, train["rna"] * pc_std,
                                             predictions["observed_rna"] * pc_std, params)
-        table = split_table(split, cells, pre, predictions, labels, params, images)
+        table = split_table(split, cells, pre, predictions, labels, params, images, train=train)
     write_table(table, table_path)
     return table
 
@@ -108,8 +108,3 @@ def summarise_splits(tables, summary_path, paired_path, cell_cycle=None) -> tupl
     write_table(paired, paired_path)
     return summary, paired
 
-
-def read_split_tables(folder) -> pd.DataFrame:
-    """All per-split tables of a folder (``split_*.tsv``), concatenated."""
-    return pd.concat([pd.read_csv(p, sep="\t") for p in sorted(Path(folder).glob("split_*.tsv"))],
-                     ignore_index=True)

@@ -47,7 +47,8 @@ class SplitData:
         return dict(split=self.split, n_train=int(len(self.train["expr"])), n_test=int(len(self.test["expr"])))
 
 
-def _rows(direction: str, space: str, method: str, values: dict, sizes: dict) -> list[dict]:
+def metric_rows(direction: str, space: str, method: str, values: dict, sizes: dict) -> list[dict]:
+    """One long-format row per metric of ``values`` for one method of one split."""
     return [dict(direction=direction, space=space, metric=metric, method=method, value=float(value), **sizes)
             for metric, value in values.items()]
 
@@ -80,7 +81,7 @@ def direction_rows(data: SplitData, direction: str, seed: int) -> list[dict]:
     predictions = {"cosmic": data.predictions[cosmic_key], **predictions}
     rows = []
     for method, pred in predictions.items():
-        rows += _rows(direction, "features", method, prediction_scores(data.test[target], pred, data.labels),
+        rows += metric_rows(direction, "features", method, prediction_scores(data.test[target], pred, data.labels),
                       data.sizes)
     return rows
 
@@ -97,7 +98,7 @@ def generation_rows(data: SplitData, n_generated: int, seed: int, max_cells: int
     }
     rows = []
     for method, generated in samples.items():
-        rows += _rows("morphology_from_rna", "features", method,
+        rows += metric_rows("morphology_from_rna", "features", method,
                       sample_scores(data.test["morph"], generated, seed, max_cells), data.sizes)
     return rows
 
