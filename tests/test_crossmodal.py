@@ -394,11 +394,23 @@ def test_interval_scale_calibrates_on_held_out_cells():
 def test_fit_calibrates_intervals_on_validation_cells():
     a = synthetic_cohort(n=300)
     split = make_splits(a.obs, seed=0)
-    r = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**FAST, "epochs": 5}), progress=False)
+    r = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**FAST, "epochs": 5, "method": "cvae"}),
+                      progress=False)
     assert set(r["calibration_scales"]) == {"rna_embedding", "morphology_representation", "expression"}
     s = r["model"].m2r.calib_scale
     assert s.shape == (FAST["n_rna_pcs"],) and bool((s > 0).all())
     assert "m2r.calib_scale" in r["model"].state_dict()
+
+
+def test_diffusion_method_calibrates_each_residual_model_on_validation_cells():
+    a = synthetic_cohort(n=300)
+    split = make_splits(a.obs, seed=0)
+    r = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**FAST, "epochs": 5}), progress=False)
+    assert set(r["calibration_scales"]) == {"morphology_representation", "expression"}
+    s = r["model"].expr_residual.calib_scale
+    assert s.shape == (FAST["n_hvg"],) and bool((s > 0).all())
+    assert "expr_residual.calib_scale" in r["model"].state_dict()
+    assert list(r["history"]["phase"].unique()) == ["expr_head", "morph_head", "residual"]
 
 
 def test_real_crops_for_the_nuclei_figure_come_from_each_test_cells_bank(tmp_path):

@@ -17,10 +17,12 @@ DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT = "checkpoint.pt"  # resumable training state
 MODEL = "model.pt"  # final model (best validation state + preprocessor + params)
 
-_INTEGER_MINIMA = (("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
+METHODS = ("diffusion", "cvae")
+_INTEGER_MINIMA = (("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2), ("diffusion_layers", 1),
+                   ("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
                    ("epochs", 0), ("batch_size", 1), ("patience", 1), ("n_samples", 2), ("n_output_samples", 0),
                    ("n_clusters", 2), ("knn_neighbors", 1), ("n_bootstrap", 0), ("seed", 0), ("num_threads", 0))
-_NUMBER_RANGES = (("dropout", 0.0, 0.99), ("beta", 0.0, None), ("expr_weight", 0.0, None), ("lr", 1e-12, None),
+_NUMBER_RANGES = (("diffusion_dropout", 0.0, 0.99), ("condition_noise", 0.0, None), ("dropout", 0.0, 0.99), ("beta", 0.0, None), ("expr_weight", 0.0, None), ("lr", 1e-12, None),
                   ("weight_decay", 0.0, None), ("interval_level", 0.01, 0.999))
 
 
@@ -28,15 +30,22 @@ _NUMBER_RANGES = (("dropout", 0.0, 0.99), ("beta", 0.0, None), ("expr_weight", 0
 class CosmicParams:
     """The ``cosmic:`` config block (see :func:`CosmicParams.from_config`)."""
 
+    method: str = "diffusion"  # "diffusion" (mean heads + residual diffusion) | "cvae" (the earlier model)
     representation: str = "auto"  # "auto" (X_fm when present, else X_morph) | "fm" | "morph"
     n_rna_pcs: int = 30
-    n_hvg: int = 2000  # 0 = all genes
+    n_hvg: int = 0  # 0 = all genes kept after QC; N: the N most variable of the training cells
     latent_dim: int = 0  # 0: heteroscedastic Gaussian residual; >0: residual CVAE (validation favoured 0 on the demo)
     hidden_dim: int = 128
     n_layers: int = 2
     dropout: float = 0.5  # lower validation loss than 0.3 on the demo (seeds 0 and 1); 0.1 overfits
     beta: float = 1.0  # KL weight of the residual CVAE
     expr_weight: float = 1.0  # weight of the expression-space loss of morphology -> RNA
+    head_rank: int = 16  # diffusion: expression head through this many factors (reduced rank; 0: full)
+    residual_rank: int = 32  # diffusion: principal directions of the residual modelled jointly
+    diffusion_steps: int = 20  # diffusion: denoising steps (cosine schedule, x0 prediction)
+    diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
+    diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
+    condition_noise: float = 1.0  # diffusion: SD of the noise added to the (standardised) condition in training
     epochs: int = 300
     batch_size: int = 128
     lr: float = 1e-3
@@ -66,6 +75,8 @@ class CosmicParams:
 
     def __post_init__(self):
         check_choice(self.representation)
+        if self.method not in METHODS:
+            raise CosmicInputError(f"cosmic parameter method must be one of {METHODS}, got {self.method!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise CosmicInputError(f"cosmic parameter device must be one of {DEVICES} or 'cuda:N', "
                                    f"got {self.device!r}")
@@ -120,7 +131,8 @@ class CosmicParams:
 
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
-TRAINING_KEYS = ("representation", "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
+TRAINING_KEYS = ("method", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
+                 "diffusion_dropout", "condition_noise", "representation", "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")
 

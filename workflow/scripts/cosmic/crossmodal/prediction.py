@@ -58,6 +58,8 @@ def _decode_samples(dec: LinearPlusMLP, mean: torch.Tensor, samples: torch.Tenso
 
 @torch.no_grad()
 def _predict_tensors(model: CosmicModel, t: dict, n_samples: int, gen) -> dict:
+    if hasattr(model, "predict_tensors"):
+        return model.predict_tensors(t, n_samples, gen)
     c_m = torch.cat([t["rep"], t["cov"]], 1)
     c_r = torch.cat([t["rna"], t["cov"]], 1)
     rna_mean = model.m2r.mean(c_m)
@@ -103,6 +105,8 @@ def calibrate_model(model: CosmicModel, va: dict, level: float, n_samples: int =
     X_fm). Scales fitted on the validation cells only; returns their summaries.
     """
     model.eval()
+    if hasattr(model, "residual_modules"):
+        return _calibrate_residuals(model, va, level, n_samples, seed)
     for m in (model.m2r, model.r2m, model.expr_decoder, model.morph_decoder):
         if m is not None:
             m.calib_scale.fill_(1.0)
@@ -129,6 +133,29 @@ def calibrate_model(model: CosmicModel, va: dict, level: float, n_samples: int =
         if m is not None:
             s = as_numpy(m.calib_scale)
             out[name] = dict(median=float(np.median(s)), min=float(s.min()), max=float(s.max()))
+    return out
+
+
+@torch.no_grad()
+def _calibrate_residuals(model, va: dict, level: float, n_samples: int, seed: int) -> dict:
+    """:func:`calibrate_model` for the ``diffusion`` method: the spread of each residual diffusion's draws,
+    per output, fitted on validation cells."""
+    modules = model.residual_modules()
+    for m in modules.values():
+        m.calib_scale.fill_(1.0)
+    gen = torch.Generator(device=va["rep"].device).manual_seed(seed + 7919)
+    pred = model.predict_tensors(va, n_samples, gen)
+    joint = ("rep", "morph") if model.use_fm else ("rep",)
+    observed = dict(expr=va["expr"], morph_target=model.morph_target(va))
+    means = dict(expr=pred["expr_mean"], morph_target=torch.cat([pred[f"{k}_mean"] for k in joint], -1))
+    samples = dict(expr=pred["expr_samples"], morph_target=torch.cat([pred[f"{k}_samples"] for k in joint], -1))
+    out = {}
+    for key, module in modules.items():
+        scale = interval_scale(observed[key].cpu().numpy(), means[key].cpu().numpy(), samples[key].cpu().numpy(),
+                               level)
+        module.calib_scale.copy_(torch.as_tensor(scale))
+        out["expression" if key == "expr" else "morphology_representation"] = dict(
+            median=float(np.median(scale)), min=float(scale.min()), max=float(scale.max()))
     return out
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..errors import CosmicInputError
 from . import representation
+from .diffusion_model import PHASES, DiffusionCosmicModel
 from .nets import CosmicModel
 from .params import CHECKPOINT, MODEL, TRAINING_KEYS, CosmicParams, resolve_device
 from .prediction import calibrate_model, to_tensors
@@ -86,28 +87,33 @@ class _Training:
     """One training run: model, optimiser, batch-order generator and early-stopping state, with a
     resumable checkpoint (``checkpoint``: its path, or None for none)."""
 
-    def __init__(self, model, pre: Preprocessor, params: CosmicParams, fingerprint: str, checkpoint: Path | None):
-        self.model, self.pre, self.params = model, pre, params
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    def __init__(self, model, pre: Preprocessor, params: CosmicParams, fingerprint: str, checkpoint: Path | None,
+                 parameters=None, desc: str = "cosmic"):
+        self.model, self.pre, self.params, self.desc = model, pre, params, desc
+        self.parameters = list(model.parameters() if parameters is None else parameters)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=params.lr, weight_decay=params.weight_decay)
         self.generator = torch.Generator().manual_seed(params.seed)
         self.fingerprint, self.checkpoint = fingerprint, checkpoint
         self.state = dict(epoch=0, best_val=float("inf"), best_epoch=-1, bad=0, history=[], done=False,
                           best_state=copy.deepcopy(model.state_dict()))
 
-    def resume(self, device):
-        """Continue from the checkpoint when it belongs to this run (same fingerprint)."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return
-        saved = torch.load(self.checkpoint, map_location=device, weights_only=False)
+    def resume(self, device, saved: dict | None = None) -> bool:
+        """Continue from the checkpoint (or the already loaded ``saved``) when it belongs to this run
+        (same fingerprint); True when resumed."""
+        if saved is None:
+            saved = load_checkpoint(self.checkpoint, device)
+        if saved is None:
+            return False
         if saved.get("fingerprint") != self.fingerprint:
             log.info("cosmic: checkpoint %s has other parameters or split; training from scratch", self.checkpoint)
-            return
+            return False
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         self.state = saved["train_state"]
-        log.info("cosmic: resuming from %s at epoch %d", self.checkpoint, self.state["epoch"])
+        log.info("cosmic: resuming from %s at epoch %d (%s)", self.checkpoint, self.state["epoch"], self.desc)
+        return True
 
     def save_checkpoint(self):
         if self.checkpoint is None:
@@ -128,7 +134,7 @@ class _Training:
             loss = self.model.losses({k: v[idx] for k, v in train.items()}, self.params)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            nn.utils.clip_grad_norm_(self.parameters, 5.0)
             self.optimizer.step()
             total += loss.item() * len(idx)
         return total / n
@@ -139,7 +145,7 @@ class _Training:
         from tqdm.auto import tqdm
 
         state, params = self.state, self.params
-        bar = tqdm(total=params.epochs, initial=state["epoch"], desc="cosmic", disable=not progress, leave=False)
+        bar = tqdm(total=params.epochs, initial=state["epoch"], desc=self.desc, disable=not progress, leave=False)
         while not state["done"] and state["epoch"] < params.epochs:
             train_loss = self.epoch(train, device)
             val_loss = _eval_loss(self.model, val, params, device)
@@ -163,6 +169,56 @@ class _Training:
         self.model.eval()
 
 
+def load_checkpoint(path: Path | None, device) -> dict | None:
+    """The saved training state at ``path``, or None when there is none."""
+    if path is None or not Path(path).exists():
+        return None
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def build_model(rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int, params: CosmicParams,
+                use_fm: bool):
+    """The network of ``params.method``: ``diffusion`` (mean heads + residual diffusion) or ``cvae``."""
+    if params.method == "diffusion":
+        return DiffusionCosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm)
+    return CosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm)
+
+
+def _train_model(model, pre, params, fingerprint, outdir, resume, device, train, val, progress) -> dict:
+    """Train ``model`` (one phase for ``cvae``; for ``diffusion`` each of its ``PHASES`` in turn, each with
+    its own early stopping); returns the last phase's training state, its history prefixed by the
+    earlier phases'. A checkpoint of a later phase (its fingerprint says which) skips the earlier ones."""
+    checkpoint = Path(outdir) / CHECKPOINT if outdir is not None else None
+    saved = load_checkpoint(checkpoint, device) if resume else None
+    if model.method != "diffusion":
+        training = _Training(model, pre, params, fingerprint, checkpoint)
+        if saved is not None:
+            training.resume(device, saved)
+        training.run(train, val, device, progress)
+        return training.state
+    phases = list(PHASES)
+    saved_phase = (saved or {}).get("fingerprint", "").partition(":")
+    start = phases.index(saved_phase[2]) if saved_phase[0] == fingerprint and saved_phase[2] in phases else 0
+    history = []
+    for i, phase in enumerate(phases[start:], start):
+        model.phase = phase
+        if phase == "residual":
+            train, val = model.with_residuals(train), model.with_residuals(val)
+            if i > start:  # a resumed residual phase has its bases in the checkpoint
+                model.fit_residual_bases(train)
+        training = _Training(model, pre, params, f"{fingerprint}:{phase}", checkpoint,
+                             parameters=model.phase_parameters(phase), desc=f"cosmic {phase.replace('_', ' ')}")
+        if i == start and saved is not None:
+            training.resume(device, saved)
+            history = training.state.pop("earlier_history", [])
+        training.state["earlier_history"] = history
+        training.run(train, val, device, progress)
+        history = history + [dict(h, phase=phase) for h in training.state["history"]]
+    state = dict(training.state, history=history)
+    state.pop("earlier_history", None)
+    return state
+
+
 def _fit(adata, split, params, outdir, progress, resume, device):
     started = time.time()
     kind = representation.for_cohort(adata.obsm, params.representation)
@@ -174,23 +230,20 @@ def _fit(adata, split, params, outdir, progress, resume, device):
     train = to_tensors(pre.transform(adata[train_mask]), device)
     val = to_tensors(pre.transform(adata[val_mask]), device)
     _seed_all(params.seed)
-    model = CosmicModel(train["rep"].shape[1], train["rna"].shape[1], train["expr"].shape[1],
-                        train["morph"].shape[1], train["cov"].shape[1], params,
-                        use_fm=kind.is_foundation).to(device)
+    model = build_model(train["rep"].shape[1], train["rna"].shape[1], train["expr"].shape[1],
+                        train["morph"].shape[1], train["cov"].shape[1], params, use_fm=kind.is_foundation)
     model.init_from_pca(pre)
+    if hasattr(model, "set_expr_variance"):
+        model.set_expr_variance(train["expr"])
     model.to(device)
-    training = _Training(model, pre, params, _fingerprint(params, split, train),
-                         Path(outdir) / CHECKPOINT if outdir is not None else None)
-    if resume:
-        training.resume(device)
-    training.run(train, val, device, progress)
-    state = training.state
+    state = _train_model(model, pre, params, _fingerprint(params, split, train), outdir, resume, device, train, val,
+                         progress)
     # predictive intervals: per-output spread fitted on validation cells (never test cells)
     calibration = calibrate_model(model, val, params.interval_level, params.n_samples, params.seed)
     result = dict(model=model, preprocessor=pre, history=pd.DataFrame(state["history"]),
                   best_epoch=int(state["best_epoch"]), best_val_loss=float(state["best_val"]),
                   epochs_run=int(state["epoch"]), seconds=time.time() - started, device=str(device),
-                  representation=kind.name, calibration_scales=calibration)
+                  representation=kind.name, calibration_scales=calibration, method=params.method)
     if outdir is not None:
         save_model(result, params, Path(outdir) / MODEL)
         with atomic_path(Path(outdir) / "training_log.tsv") as tmp:
@@ -201,7 +254,7 @@ def _fit(adata, split, params, outdir, progress, resume, device):
 def save_model(result: dict, params: CosmicParams, path):
     """Write the final model: weights, preprocessor state, params and architecture sizes."""
     m = result["model"]
-    dims = dict(rep_dim=m.r2m.mean_head.out_features, rna_dim=m.m2r.mean_head.out_features,
+    dims = m.dims() if hasattr(m, "dims") else dict(rep_dim=m.r2m.mean_head.out_features, rna_dim=m.m2r.mean_head.out_features,
                 n_genes=m.expr_decoder.linear.out_features,
                 morph_dim=m.morph_decoder.linear.out_features if m.use_fm else m.r2m.mean_head.out_features,
                 cov_dim=m.m2r.cond[0].in_features - m.r2m.mean_head.out_features, use_fm=m.use_fm)
@@ -216,7 +269,7 @@ def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicPa
     d = torch.load(path, map_location="cpu", weights_only=False)
     params = CosmicParams.from_config(d["params"])
     dims = d["dims"]
-    model = CosmicModel(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
+    model = build_model(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
                         params, dims["use_fm"])
     missing, unexpected = model.load_state_dict(d["model"], strict=False)
     if unexpected or any(not k.endswith("calib_scale") for k in missing):

@@ -36,7 +36,8 @@ def split_table(split: int, cells, pre, predictions: dict, labels, params, image
                      test={k[len("observed_"):]: v for k, v in predictions.items() if k.startswith("observed_")},
                      predictions=predictions, labels=labels)
     evaluation = params.evaluation_params
-    rows = split_rows(data, n_generated=evaluation.n_generated, seed=params.seed, max_cells=evaluation.max_cells)
+    rows = split_rows(data, n_generated=evaluation.n_generated, seed=params.seed, max_cells=evaluation.max_cells,
+                      level=params.interval_level)
     if images is not None:
         from .image_rows import image_rows
 

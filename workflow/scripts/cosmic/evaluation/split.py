@@ -103,9 +103,26 @@ def generation_rows(data: SplitData, n_generated: int, seed: int, max_cells: int
     return rows
 
 
-def split_rows(data: SplitData, n_generated: int = 4, seed: int = 0, max_cells: int = 2000) -> list[dict]:
-    """Every feature-space row of one split (both directions, prediction and generation)."""
+def coverage_rows(data: SplitData, level: float) -> list[dict]:
+    """COSMIC's predictive intervals on test cells: the fraction of held-out values (cells x outputs) inside
+    the central ``level`` interval of its samples, per direction (metric ``interval_coverage``; ideal:
+    ``level``; the spread was calibrated on validation cells only)."""
+    rows = []
+    for direction, target in (("rna_from_morphology", "expr"), ("morphology_from_rna", "morph")):
+        samples = data.predictions.get(f"{target}_samples")
+        if samples is None or len(samples) < 2:
+            continue
+        coverage = M.interval_coverage(data.test[target], samples, level)["coverage"]
+        rows += metric_rows(direction, "features", "cosmic", {"interval_coverage": coverage}, data.sizes)
+    return rows
+
+
+def split_rows(data: SplitData, n_generated: int = 4, seed: int = 0, max_cells: int = 2000,
+               level: float = 0.9) -> list[dict]:
+    """Every feature-space row of one split (both directions, prediction, generation and the coverage of
+    COSMIC's ``level`` predictive intervals)."""
     rows = direction_rows(data, "rna_from_morphology", seed)
     rows += direction_rows(data, "morphology_from_rna", seed)
     rows += generation_rows(data, n_generated, seed, max_cells)
+    rows += coverage_rows(data, level)
     return rows

@@ -34,6 +34,7 @@ METRICS = {
     "coherence_gap": "lower",
     "nucleus_found": "higher",
     "position_agreement": "higher",
+    "interval_coverage": "",  # reported only: the ideal is the interval level (cosmic.interval_level)
 }
 DIRECTIONS = ("rna_from_morphology", "morphology_from_rna", "cell_cycle")
 # Methods every model is compared with (paired.tsv's `baseline` column).

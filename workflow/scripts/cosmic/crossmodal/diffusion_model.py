@@ -1,0 +1,188 @@
+"""The ``diffusion`` method: conditional mean heads plus residual diffusion, in both directions.
+
+- **morphology -> expression** (img2seq): a head from the morphology representation (and
+  covariates) to every kept gene's log-normalised expression (a linear path plus an MLP, through an
+  optional low-rank factor), and a :class:`~cosmic.crossmodal.diffusion.ResidualDiffusion` for the
+  expression around it. The RNA embedding of a prediction is the training-cell PCA of the predicted
+  expression, so both stay consistent.
+- **expression -> morphology** (seq2morph): a head from the RNA embedding (and covariates) to the
+  morphology representation, and to the region properties too when the representation is a
+  foundation embedding (so generated features and embeddings come from one joint draw), with a
+  residual diffusion over all of them.
+
+Training has two phases (:mod:`cosmic.crossmodal.train`): the mean heads with early stopping on
+validation cells, then (heads frozen) the residual diffusion models on the training residuals.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .diffusion import ResidualDiffusion
+from .params import CosmicParams
+from .preprocess import Preprocessor
+
+# trained one after the other, each with its own early stopping on validation cells
+PHASES = ("expr_head", "morph_head", "residual")
+
+
+def _mlp(d_in: int, hidden: int, n_layers: int, dropout: float) -> nn.Sequential:
+    layers, d = [], d_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)]
+        d = hidden
+    return nn.Sequential(*layers)
+
+
+class MeanHead(nn.Module):
+    """``E[y | c]``: a linear path plus an MLP. With ``rank > 0`` both predict ``rank`` factors that one
+    shared layer maps to the outputs (reduced-rank regression: for thousands of genes driven by a few
+    programmes it pools evidence across genes), and that layer can start at a known basis
+    (:meth:`init_factors`, e.g. the training-cell expression PCA)."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int, n_layers: int, dropout: float, rank: int = 0):
+        super().__init__()
+        width = d_out if rank <= 0 else rank
+        self.linear = nn.Linear(d_in, width)
+        self.mlp = _mlp(d_in, hidden, n_layers, dropout)
+        self.mlp_out = nn.Linear(hidden, width)
+        self.factors = nn.Linear(rank, d_out) if rank > 0 else None
+        for layer in (self.linear, self.mlp_out):  # starts at the training mean (the output bias)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.linear.bias if self.factors is None else self.factors.bias
+
+    @torch.no_grad()
+    def init_factors(self, basis: torch.Tensor):
+        """Start the factor layer at ``basis`` (rank x outputs; rows beyond its length stay random)."""
+        if self.factors is not None:
+            k = min(len(basis), self.factors.in_features)
+            self.factors.weight[:, :k] = basis[:k].T
+
+    def forward(self, c):
+        out = self.linear(c) + self.mlp_out(self.mlp(c))
+        return out if self.factors is None else self.factors(out)
+
+
+class DiffusionCosmicModel(nn.Module):
+    """Both directions of the ``diffusion`` method (see the module docstring)."""
+
+    method = "diffusion"
+
+    def __init__(self, rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int,
+                 params: CosmicParams, use_fm: bool):
+        super().__init__()
+        p = params
+        self.rep_dim, self.morph_dim, self.use_fm = rep_dim, morph_dim, use_fm
+        target_dim = rep_dim + (morph_dim if use_fm else 0)
+        self.expr_head = MeanHead(rep_dim + cov_dim, n_genes, p.hidden_dim, p.n_layers, p.dropout, p.head_rank)
+        self.morph_head = MeanHead(rna_dim + cov_dim, target_dim, p.hidden_dim, p.n_layers, p.dropout)
+        shape = dict(hidden=p.hidden_dim, n_layers=p.diffusion_layers, n_steps=p.diffusion_steps,
+                     dropout=p.diffusion_dropout, condition_noise=p.condition_noise)
+        self.expr_residual = ResidualDiffusion(n_genes, rep_dim + cov_dim, min(p.residual_rank, n_genes), **shape)
+        self.morph_residual = ResidualDiffusion(target_dim, rna_dim + cov_dim, min(p.residual_rank, target_dim),
+                                                **shape)
+        # training-cell PCA of kept genes: expression -> RNA embedding (fixed, from the preprocessor)
+        self.register_buffer("gene_mean", torch.zeros(n_genes))
+        self.register_buffer("pca_map", torch.zeros(n_genes, rna_dim))
+        self.register_buffer("expr_variance", torch.ones(()))  # mean per-gene variance of training cells
+        self.phase = PHASES[0]
+
+    def init_from_pca(self, pre: Preprocessor):
+        st = pre.state
+        with torch.no_grad():
+            self.gene_mean.copy_(torch.from_numpy(st["gene_mean"]))
+            self.pca_map.copy_(torch.from_numpy(st["components"].T / st["pc_std"][None, :]))
+            self.expr_head.bias.copy_(self.gene_mean)
+            self.expr_head.init_factors(torch.from_numpy(st["components"] * st["pc_std"][:, None]))
+            self.morph_head.bias.zero_()  # standardised targets
+
+    @torch.no_grad()
+    def set_expr_variance(self, expr: torch.Tensor):
+        """The expression head's loss scale: the mean per-gene variance of the training cells."""
+        self.expr_variance.fill_(max(float(expr.var(0).mean()), 1e-8))
+    def rna_embedding(self, expr: torch.Tensor) -> torch.Tensor:
+        return (expr - self.gene_mean) @ self.pca_map
+
+    @staticmethod
+    def conditions(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(morphology condition, RNA condition) of a batch."""
+        return torch.cat([b["rep"], b["cov"]], 1), torch.cat([b["rna"], b["cov"]], 1)
+
+    def morph_target(self, b: dict) -> torch.Tensor:
+        return torch.cat([b["rep"], b["morph"]], 1) if self.use_fm else b["rep"]
+
+    def _morph_error(self, pred, target):
+        """Per-cell squared error; with a foundation representation the embedding and the region
+        properties weigh equally, however many dimensions each has."""
+        err = (pred - target) ** 2
+        if not self.use_fm:
+            return err.mean(1)
+        return err[:, :self.rep_dim].mean(1) + err[:, self.rep_dim:].mean(1)
+
+    def losses(self, b: dict, p: CosmicParams, sample_posterior: bool = True) -> torch.Tensor:
+        """The loss of the current phase: the expression head's squared error relative to the mean gene
+        variance (i.e. 1 - weighted R²), the morphology head's, or both residual diffusion losses
+        (on residuals precomputed by :meth:`with_residuals`)."""
+        c_m, c_r = self.conditions(b)
+        if self.phase == "expr_head":
+            return ((self.expr_head(c_m) - b["expr"]) ** 2).mean(1).mean() / self.expr_variance
+        if self.phase == "morph_head":
+            return self._morph_error(self.morph_head(c_r), self.morph_target(b)).mean()
+        return (self.expr_residual.loss(b["expr_residual"], c_m)
+                + self.morph_residual.loss(b["morph_residual"], c_r)).mean()
+
+    def phase_parameters(self, phase: str) -> list:
+        modules = dict(expr_head=[self.expr_head], morph_head=[self.morph_head],
+                       residual=[self.expr_residual, self.morph_residual])[phase]
+        return [p for m in modules for p in m.parameters()]
+
+    @torch.no_grad()
+    def with_residuals(self, data: dict) -> dict:
+        """``data`` plus both heads' residuals (heads in eval mode, so without dropout)."""
+        training = self.training
+        self.eval()
+        c_m, c_r = self.conditions(data)
+        out = dict(data, expr_residual=data["expr"] - self.expr_head(c_m),
+                   morph_residual=self.morph_target(data) - self.morph_head(c_r))
+        self.train(training)
+        return out
+
+    @torch.no_grad()
+    def fit_residual_bases(self, train: dict):
+        """Principal directions of the training residuals of both heads (``train`` from :meth:`with_residuals`)."""
+        self.expr_residual.fit_basis(train["expr_residual"])
+        self.morph_residual.fit_basis(train["morph_residual"])
+
+    @torch.no_grad()
+    def predict_tensors(self, t: dict, n_samples: int, gen) -> dict:
+        """Means and ``n_samples`` draws in both directions (keys as
+        :func:`cosmic.crossmodal.prediction.predict`)."""
+        c_m, c_r = self.conditions(t)
+        expr_mean = self.expr_head(c_m)
+        expr_s = expr_mean[None] + self.expr_residual.sample(c_m, n_samples, gen)
+        target_mean = self.morph_head(c_r)
+        target_s = target_mean[None] + self.morph_residual.sample(c_r, n_samples, gen)
+        out = dict(expr_mean=expr_mean, expr_samples=expr_s, rna_mean=self.rna_embedding(expr_mean),
+                   rna_samples=self.rna_embedding(expr_s))
+        d = self.rep_dim
+        out.update(rep_mean=target_mean[:, :d], rep_samples=target_s[..., :d])
+        if self.use_fm:
+            out.update(morph_mean=target_mean[:, d:], morph_samples=target_s[..., d:])
+        else:
+            out.update(morph_mean=out["rep_mean"], morph_samples=out["rep_samples"])
+        return out
+
+    def residual_modules(self) -> dict:
+        """The modules whose ``calib_scale`` is fitted on validation cells, by the prediction key they
+        scale (``morph_target``: the joint representation [+ region properties] draw)."""
+        return {"expr": self.expr_residual, "morph_target": self.morph_residual}
+
+    def dims(self) -> dict:
+        return dict(rep_dim=self.rep_dim, rna_dim=self.pca_map.shape[1], n_genes=self.gene_mean.shape[0],
+                    morph_dim=self.morph_dim, cov_dim=self.expr_head.linear.in_features - self.rep_dim,
+                    use_fm=self.use_fm, method=self.method)
