@@ -25,13 +25,15 @@ import torch
 from torch import nn
 
 
-def make_scheduler(n_steps: int):
+def make_scheduler(n_steps: int, clip: float | None = None):
     """The noise schedule: ``n_steps`` DDPM steps on the cosine (``squaredcos_cap_v2``) schedule, which
-    reaches almost pure noise at the last step even for a handful of steps; the network predicts x0."""
+    reaches almost pure noise at the last step even for a handful of steps; the network predicts x0,
+    clipped to ``[-clip, clip]`` while sampling when ``clip`` is given."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=int(n_steps), beta_schedule="squaredcos_cap_v2",
-                         prediction_type="sample", clip_sample=False)
+                         prediction_type="sample", clip_sample=clip is not None,
+                         clip_sample_range=float(clip) if clip is not None else 1.0)
 
 
 class Denoiser(nn.Module):
@@ -75,13 +77,16 @@ class ResidualDiffusion(nn.Module):
         self.register_buffer("basis", torch.zeros(self.rank, self.out_dim))  # orthonormal rows
         self.register_buffer("score_scale", torch.ones(self.rank))  # SD of each score on training cells
         self.register_buffer("leftover_sd", torch.zeros(self.out_dim))  # per-output SD outside the basis
+        self.register_buffer("score_limit", torch.full((), 8.0))  # largest |score| of a training cell
         self.register_buffer("calib_scale", torch.ones(self.out_dim))  # fitted on validation cells
         self._scheduler = None
 
     @property
     def scheduler(self):
         if self._scheduler is None:
-            self._scheduler = make_scheduler(self.n_steps)
+            # predicted scores never leave the range seen in training: a denoiser extrapolating at an
+            # unusual condition otherwise sends a few draws far into the tails
+            self._scheduler = make_scheduler(self.n_steps, clip=float(self.score_limit))
         return self._scheduler
 
     @torch.no_grad()
@@ -101,6 +106,8 @@ class ResidualDiffusion(nn.Module):
             scale[:k] = (s[:k] / math.sqrt(max(1, len(r)))).clamp_min(1e-6)
             self.basis.copy_(basis)
             self.score_scale.copy_(scale)
+            self.score_limit.fill_(float(self.scores(r).abs().max()))
+            self._scheduler = None
             explained = ((basis.T * scale[None, :]) ** 2).sum(1)
         else:
             explained = torch.zeros_like(total_var)
@@ -133,11 +140,17 @@ class ResidualDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n x cells x outputs`` residual draws (calibrated spread)."""
+        """``n x cells x outputs`` residual draws (calibrated spread).
+
+        The residual around the conditional mean has mean zero, so with ``n >= 8`` each cell's draws are
+        centred on it (and rescaled by ``sqrt(n / (n - 1))`` to keep their spread); a denoiser that drifts
+        at conditions unlike the training cells would otherwise shift every draw of that cell."""
         cells = len(c)
         out = torch.zeros((n, cells, self.out_dim), device=c.device)
         if self.rank:
             z = self.sample_scores(c.repeat(n, 1), generator).view(n, cells, self.rank)
+            if n >= 8:
+                z = (z - z.mean(0, keepdim=True)) * math.sqrt(n / (n - 1))
             out += (z * self.score_scale) @ self.basis
         out += self.leftover_sd * torch.randn(out.shape, device=c.device, generator=generator)
         return out * self.calib_scale

@@ -95,6 +95,8 @@ class LinearPlusMLP(nn.Module):
 class CosmicModel(nn.Module):
     """Both generators, the expression decoder and (for FM) a representation -> feature decoder."""
 
+    method = "cvae"
+
     def __init__(self, rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int,
                  params: CosmicParams, use_fm: bool):
         super().__init__()

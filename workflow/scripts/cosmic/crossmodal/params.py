@@ -45,7 +45,7 @@ class CosmicParams:
     diffusion_steps: int = 20  # diffusion: denoising steps (cosine schedule, x0 prediction)
     diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
     diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
-    condition_noise: float = 1.0  # diffusion: SD of the noise added to the (standardised) condition in training
+    condition_noise: float = 2.0  # diffusion: SD of the noise added to the (standardised) condition in training
     epochs: int = 300
     batch_size: int = 128
     lr: float = 1e-3

@@ -1,0 +1,138 @@
+"""The ``diffusion`` method of the cosmic stage: the residual diffusion recovers a known conditional
+distribution, the expression head covers every kept gene of a sparse matrix, fits are reproducible
+from the seed and resume after an interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cosmic import crossmodal as cm
+from cosmic.crossmodal.diffusion import ResidualDiffusion
+from cosmic.crossmodal.diffusion_model import DiffusionCosmicModel
+from cosmic.crossmodal.prediction import predict
+from cosmic.splits import make_splits
+from test_crossmodal import FAST, synthetic_cohort
+
+DIFFUSION = {**FAST, "method": "diffusion", "latent_dim": 0, "epochs": 15, "patience": 5, "residual_rank": 4,
+             "diffusion_steps": 8, "diffusion_layers": 2, "head_rank": 4}
+
+
+def _toy(n: int, seed: int):
+    """Residuals whose spread depends on the condition (SD 0.2 below 0, 1.0 above) and whose first two
+    outputs are correlated (0.8 · r1 + noise); the third is independent noise."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand((n, 1), generator=g) * 2 - 1
+    sd = 0.2 + 0.8 * (c[:, 0] > 0).float()
+    r1 = sd * torch.randn(n, generator=g)
+    r2 = 0.8 * r1 + 0.3 * torch.randn(n, generator=g)
+    r3 = 0.5 * torch.randn(n, generator=g)
+    return c, torch.stack([r1, r2, r3], 1)
+
+
+def test_residual_diffusion_recovers_a_known_heteroscedastic_correlated_posterior():
+    torch.manual_seed(0)
+    c, r = _toy(4000, seed=0)
+    model = ResidualDiffusion(3, 1, rank=2, hidden=64, n_layers=2, n_steps=20)
+    model.fit_basis(r)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(1200):
+        idx = torch.randint(0, len(c), (256,), generator=g)
+        loss = model.loss(r[idx], c[idx], generator=g).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    draws = model.sample(torch.tensor([[-0.5], [0.5]]), 2000, torch.Generator().manual_seed(2)).numpy()
+    low, high = draws[:, 0], draws[:, 1]
+    # spread follows the condition: true SD of output 1 is 0.2 at c < 0 and 1.0 at c > 0
+    assert 0.12 < low[:, 0].std() < 0.32 and 0.8 < high[:, 0].std() < 1.2
+    # the joint structure: true correlation of outputs 1 and 2 is 0.94 at c > 0
+    assert np.corrcoef(high[:, 0], high[:, 1])[0, 1] > 0.85
+    # the output outside the basis keeps its SD (0.5) as independent noise
+    assert 0.4 < high[:, 2].std() < 0.6 and abs(np.corrcoef(high[:, 0], high[:, 2])[0, 1]) < 0.1
+    # each cell's draws are centred on its conditional mean (up to the independent leftover noise)
+    assert np.abs(draws.mean(0)).max() < 0.05
+
+
+def test_basis_leaves_the_variance_outside_the_leading_directions_to_independent_noise():
+    c, r = _toy(3000, seed=3)
+    model = ResidualDiffusion(3, 1, rank=1, hidden=8, n_layers=1, n_steps=4)
+    model.fit_basis(r)
+    explained = (model.basis[0] * model.score_scale[0]) ** 2
+    total = r.var(0, unbiased=False)
+    assert torch.allclose(explained + model.leftover_sd ** 2, total, rtol=1e-3)
+    assert torch.allclose(model.basis @ model.basis.T, torch.eye(1), atol=1e-5)
+
+
+def _sparse_cohort(n=240, n_genes=50):
+    a = synthetic_cohort(n=n, n_genes=n_genes)
+    x = np.asarray(a.X)
+    x[:, :5] = 0.0  # genes with no expression carry no signal and are dropped
+    x[x < np.quantile(x, 0.5)] = 0.0  # half the entries zero, as in counts
+    a.X = sp.csr_matrix(x)
+    return a
+
+
+def test_expression_head_covers_every_kept_gene_of_a_sparse_matrix():
+    a = _sparse_cohort()
+    split = make_splits(a.obs, seed=0)
+    fit = cm.fit_cosmic(a, split, cm.CosmicParams.from_config({**DIFFUSION, "n_hvg": 0}), progress=False)
+    model, pre = fit["model"], fit["preprocessor"]
+    assert isinstance(model, DiffusionCosmicModel)
+    kept = int((np.asarray(a[split == "train"].X.todense()).var(0) > 0).sum())
+    assert len(pre.gene_names) == kept == a.n_vars - 5
+    assert model.expr_head.factors.out_features == kept
+    test = a[(split == "test").to_numpy()]
+    out = predict(model, pre, test, n_samples=10, seed=0)
+    assert out["expr_mean"].shape == (test.n_obs, kept)
+    assert out["expr_samples"].shape == (10, test.n_obs, kept)
+    # the RNA embedding of a prediction is the training PCA of its expression
+    assert np.allclose(out["rna_mean"], pre.rna_embedding(out["expr_mean"]), atol=1e-4)
+
+
+def _fit_predict(a, split, params, outdir=None):
+    fit = cm.fit_cosmic(a, split, params, outdir=outdir, progress=False)
+    test = a[(split == "test").to_numpy()]
+    return fit, predict(fit["model"], fit["preprocessor"], test, n_samples=8, seed=params.seed)
+
+
+def test_same_seed_same_model_and_draws_other_seed_other_draws():
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    _, first = _fit_predict(a, split, cm.CosmicParams.from_config(DIFFUSION))
+    _, again = _fit_predict(a, split, cm.CosmicParams.from_config(DIFFUSION))
+    _, other = _fit_predict(a, split, cm.CosmicParams.from_config({**DIFFUSION, "seed": 1}))
+    for key in ("expr_mean", "expr_samples", "morph_mean", "morph_samples"):
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.allclose(first["morph_samples"], other["morph_samples"])
+
+
+def test_training_resumes_after_an_interruption_between_phases(tmp_path, monkeypatch):
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    params = cm.CosmicParams.from_config(DIFFUSION)
+    _, uninterrupted = _fit_predict(a, split, params)
+
+    original = DiffusionCosmicModel.fit_residual_bases
+
+    def interrupt(self, train):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffusionCosmicModel, "fit_residual_bases", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cm.fit_cosmic(a, split, params, outdir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["fingerprint"].endswith(":morph_head") and saved["train_state"]["done"]
+
+    monkeypatch.setattr(DiffusionCosmicModel, "fit_residual_bases", original)
+    fit, resumed = _fit_predict(a, split, params, outdir=tmp_path)
+    assert list(fit["history"]["phase"].unique()) == ["expr_head", "morph_head", "residual"]
+    for key in ("expr_mean", "morph_mean", "morph_samples"):
+        np.testing.assert_allclose(resumed[key], uninterrupted[key], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "model.pt").exists()
+    model, _, loaded = cm.load_model(tmp_path / "model.pt")
+    assert isinstance(model, DiffusionCosmicModel) and loaded.method == "diffusion"
