@@ -2,6 +2,28 @@
 # whose sample-sheet row gives `masks` have each given mask checked and imported instead.
 
 
+# The pairing table's positions split into one small file per image (pairing.split_merged_nuclei),
+# so each segment job reads only its own rows. A file is rewritten only when its rows change and the
+# folder is not emptied before the job (`update`), so an edited row reruns only its image's
+# segmentation. A checkpoint: the segment jobs are re-planned once it has run (a dry run lists all
+# of the sample's images as to be redone while the split is pending).
+checkpoint pairing_by_image:
+    input:
+        pairing=pairing_table,
+    output:
+        folder=update(directory(f"{RESULTS}/segmentation/{{sample}}/pairing_by_image")),
+    log:
+        f"{RESULTS}/logs/pairing_by_image/{{sample}}.log",
+    conda:
+        "../envs/imaging.yaml"
+    resources:
+        mem_mb=pairing_by_image_mem_mb,
+    params:
+        image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
+    script:
+        "../scripts/pairing_by_image.py"
+
+
 rule segment:
     input:
         unpack(segment_inputs),
@@ -15,8 +37,8 @@ rule segment:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=segment_mem_mb,
+        runtime=segment_runtime,
     params:
         segmentation=segmentation_params,
         dna_channel=config["imaging"]["dna_channel"],

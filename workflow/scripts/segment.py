@@ -29,11 +29,12 @@ else:
     from cosmic.segmentation_size import workflow_params
 
     positions = None
-    if "pairing" in snakemake.input.keys():
-        from cosmic.pairing import read_pairing_table
+    if "positions" in snakemake.input.keys():  # this image's rows of the pairing table
+        from cosmic.pairing_by_image import read_positions
 
-        table = read_pairing_table(snakemake.input.pairing, sample=snakemake.wildcards.sample)
-        positions = table.loc[table["image"] == snakemake.params.image_name, ["y", "x"]].to_numpy()
+        positions = read_positions(
+            snakemake.input.positions, sample=snakemake.wildcards.sample, image=snakemake.params.image_name
+        )
 
     info = {}  # filled with the diameter used and what each filter removed
     n = segment_image_file(

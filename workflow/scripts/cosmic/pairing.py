@@ -12,6 +12,7 @@ from __future__ import annotations
 # pairing tables through this module and has no anndata.
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,55 +90,35 @@ def read_pairing_table(path, sample: str | None = None) -> pd.DataFrame:
     return table
 
 
-def assign_nuclei(pairing: pd.DataFrame, nuclei: pd.DataFrame, masks: dict[str, np.ndarray],
+def assign_nuclei(pairing: pd.DataFrame, nuclei: pd.DataFrame, masks: Mapping[str, np.ndarray],
                   params: PairingParams) -> pd.DataFrame:
     """For every pairing row: the nucleus row it belongs to (or -1) and a status.
 
     ``nuclei`` is the per-nucleus table (columns image, label, centroid_y, centroid_x) and
-    ``masks`` maps image name to its label mask. Returns pairing with added columns
-    ``nucleus_row``, ``status`` and ``distance``.
+    ``masks`` maps image name to its label mask; it is read one image at a time, so a
+    :class:`MaskFiles` keeps a single mask in memory however many images the sample has.
+    Returns pairing with added columns ``nucleus_row``, ``status`` and ``distance``.
     """
     out = pairing.copy()
-    out["nucleus_row"] = -1
-    out["status"] = NO_NUCLEUS
-    out["distance"] = np.nan
+    nucleus_row = np.full(len(out), -1, dtype=np.int64)
+    status = np.full(len(out), NO_NUCLEUS, dtype=object)
+    distance = np.full(len(out), np.nan)
     nuclei = nuclei.reset_index(drop=True)
-    for image, rows in out.groupby("image", sort=False):
-        in_image = nuclei.index[nuclei["image"] == image].to_numpy()
+    nuclei_by_image = nuclei.groupby("image", sort=False).indices
+    labels = nuclei["label"].to_numpy()
+    centroids = nuclei[["centroid_y", "centroid_x"]].to_numpy(float)
+    ys_all = out["y"].to_numpy(float)
+    xs_all = out["x"].to_numpy(float)
+    for image, at in out.groupby("image", sort=False).indices.items():
         if image not in masks:
-            out.loc[rows.index, "status"] = UNKNOWN_IMAGE
+            status[at] = UNKNOWN_IMAGE
             continue
-        mask = masks[image]
-        label_to_row = dict(zip(nuclei.loc[in_image, "label"].astype(int), in_image))
-        ys = rows["y"].to_numpy()
-        xs = rows["x"].to_numpy()
-        iy = np.clip(np.round(ys).astype(int), 0, mask.shape[0] - 1)
-        ix = np.clip(np.round(xs).astype(int), 0, mask.shape[1] - 1)
-        inside = (ys >= -0.5) & (ys < mask.shape[0] - 0.5) & (xs >= -0.5) & (xs < mask.shape[1] - 0.5)
-        hit = np.where(inside, mask[iy, ix], 0)
-        centroids = nuclei.loc[in_image, ["centroid_y", "centroid_x"]].to_numpy(float)
-        tree = cKDTree(centroids) if len(centroids) else None
-        for k, idx in enumerate(rows.index):
-            row = label_to_row.get(int(hit[k]), -1)
-            if row >= 0:
-                out.at[idx, "nucleus_row"] = row
-                out.at[idx, "status"] = PAIRED
-                out.at[idx, "distance"] = float(np.hypot(nuclei.at[row, "centroid_y"] - ys[k],
-                                                         nuclei.at[row, "centroid_x"] - xs[k]))
-                continue
-            if tree is None:
-                continue
-            dists, near = tree.query((ys[k], xs[k]), k=min(2, len(centroids)))
-            dists, near = np.atleast_1d(dists), np.atleast_1d(near)
-            if dists[0] > params.max_distance:
-                continue
-            if len(dists) > 1 and dists[1] <= params.max_distance and dists[1] < params.ambiguity_ratio * dists[0]:
-                out.at[idx, "status"] = AMBIGUOUS
-                out.at[idx, "distance"] = float(dists[0])
-                continue
-            out.at[idx, "nucleus_row"] = int(in_image[near[0]])
-            out.at[idx, "status"] = PAIRED_NEAREST
-            out.at[idx, "distance"] = float(dists[0])
+        in_image = nuclei_by_image.get(image, np.empty(0, dtype=np.int64))
+        nucleus_row[at], status[at], distance[at] = _assign_in_image(
+            ys_all[at], xs_all[at], masks[image], labels, centroids, in_image, params)
+    out["nucleus_row"] = nucleus_row
+    out["status"] = status
+    out["distance"] = distance
     # A nucleus claimed by two barcodes cannot be attributed: drop all its claimants.
     claimed = out["nucleus_row"] >= 0
     counts = out.loc[claimed, "nucleus_row"].value_counts()
@@ -147,7 +128,45 @@ def assign_nuclei(pairing: pd.DataFrame, nuclei: pd.DataFrame, masks: dict[str, 
     return out
 
 
-def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: dict[str, np.ndarray],
+def _assign_in_image(ys: np.ndarray, xs: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+                     centroids: np.ndarray, in_image: np.ndarray, params: PairingParams):
+    """Nucleus row, status and distance of the positions (ys, xs) of one image: the nucleus
+    whose mask holds the position, else the nearest centroid within ``max_distance`` unless
+    the second nearest is about as near (ambiguous). ``labels`` and ``centroids`` (y, x) are
+    the sample's nuclei, ``in_image`` the rows of this image's."""
+    rows = np.full(len(ys), -1, dtype=np.int64)
+    status = np.full(len(ys), NO_NUCLEUS, dtype=object)
+    distance = np.full(len(ys), np.nan)
+    label_to_row = dict(zip(labels[in_image].astype(int), in_image))
+    iy = np.clip(np.round(ys).astype(int), 0, mask.shape[0] - 1)
+    ix = np.clip(np.round(xs).astype(int), 0, mask.shape[1] - 1)
+    inside = (ys >= -0.5) & (ys < mask.shape[0] - 0.5) & (xs >= -0.5) & (xs < mask.shape[1] - 0.5)
+    hit = np.where(inside, mask[iy, ix], 0)
+    rows[:] = [label_to_row.get(int(label), -1) for label in hit]
+    found = rows >= 0
+    status[found] = PAIRED
+    distance[found] = np.hypot(centroids[rows[found], 0] - ys[found], centroids[rows[found], 1] - xs[found])
+    miss = np.flatnonzero(~found)
+    if len(in_image) == 0 or len(miss) == 0:
+        return rows, status, distance
+    k = min(2, len(in_image))
+    dists, near = cKDTree(centroids[in_image]).query(
+        np.column_stack([ys[miss], xs[miss]]), k=k)
+    dists, near = dists.reshape(len(miss), k), near.reshape(len(miss), k)
+    within = dists[:, 0] <= params.max_distance
+    ambiguous = np.zeros(len(miss), dtype=bool)
+    if k > 1:
+        ambiguous = within & (dists[:, 1] <= params.max_distance) & (
+            dists[:, 1] < params.ambiguity_ratio * dists[:, 0])
+    nearest = within & ~ambiguous
+    status[miss[ambiguous]] = AMBIGUOUS
+    distance[miss[within]] = dists[within, 0]
+    status[miss[nearest]] = PAIRED_NEAREST
+    rows[miss[nearest]] = in_image[near[nearest, 0]]
+    return rows, status, distance
+
+
+def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: Mapping[str, np.ndarray],
                 pairing: pd.DataFrame, params: PairingParams, metadata: dict | None = None,
                 rna_dropped: pd.DataFrame | None = None, embedding: np.ndarray | None = None,
                 pairing_path=None) -> tuple[ad.AnnData, pd.DataFrame]:
@@ -325,8 +344,29 @@ def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0) -> ad
     return cohort
 
 
-def read_masks(mask_paths: dict[str, str]) -> dict[str, np.ndarray]:
-    return {name: tifffile.imread(path) for name, path in mask_paths.items()}
+class MaskFiles(Mapping):
+    """Image name -> label mask, read from its file each time it is looked up (nothing kept):
+    pairing a sample holds one mask in memory, not all of them."""
+
+    def __init__(self, mask_paths: Mapping[str, str]):
+        self.paths = dict(mask_paths)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return tifffile.imread(self.paths[name])
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, name) -> bool:
+        return name in self.paths
+
+
+def read_masks(mask_paths: Mapping[str, str]) -> MaskFiles:
+    """The masks of a sample, each read when it is used (see :class:`MaskFiles`)."""
+    return MaskFiles(mask_paths)
 
 
 def write_table(table: pd.DataFrame, path) -> None:

@@ -90,6 +90,12 @@ class DiffusionCosmicModel(nn.Module):
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("pca_map", torch.zeros(n_genes, rna_dim))
         self.register_buffer("expr_variance", torch.ones(()))  # mean per-gene variance of training cells
+        # the morphology residual's principal directions weigh the embedding and the region properties
+        # equally (each standardised; without it the 256-d embedding would dominate the basis)
+        weight = torch.ones(target_dim)
+        if use_fm:
+            weight[rep_dim:] = (rep_dim / max(1, morph_dim)) ** 0.5
+        self.register_buffer("residual_weight", weight)
         self.phase = PHASES[0]
 
     def init_from_pca(self, pre: Preprocessor):
@@ -148,7 +154,7 @@ class DiffusionCosmicModel(nn.Module):
         self.eval()
         c_m, c_r = self.conditions(data)
         out = dict(data, expr_residual=data["expr"] - self.expr_head(c_m),
-                   morph_residual=self.morph_target(data) - self.morph_head(c_r))
+                   morph_residual=(self.morph_target(data) - self.morph_head(c_r)) * self.residual_weight)
         self.train(training)
         return out
 
@@ -166,7 +172,7 @@ class DiffusionCosmicModel(nn.Module):
         expr_mean = self.expr_head(c_m)
         expr_s = expr_mean[None] + self.expr_residual.sample(c_m, n_samples, gen)
         target_mean = self.morph_head(c_r)
-        target_s = target_mean[None] + self.morph_residual.sample(c_r, n_samples, gen)
+        target_s = target_mean[None] + self.morph_residual.sample(c_r, n_samples, gen) / self.residual_weight
         out = dict(expr_mean=expr_mean, expr_samples=expr_s, rna_mean=self.rna_embedding(expr_mean),
                    rna_samples=self.rna_embedding(expr_s))
         d = self.rep_dim

@@ -41,7 +41,7 @@ class CosmicParams:
     beta: float = 1.0  # KL weight of the residual CVAE
     expr_weight: float = 1.0  # weight of the expression-space loss of morphology -> RNA
     head_rank: int = 16  # diffusion: expression head through this many factors (reduced rank; 0: full)
-    residual_rank: int = 32  # diffusion: principal directions of the residual modelled jointly
+    residual_rank: int = 64  # diffusion: principal directions of the residual modelled jointly
     diffusion_steps: int = 20  # diffusion: denoising steps (cosine schedule, x0 prediction)
     diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
     diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
