@@ -1,22 +1,25 @@
 """COSMIC: bidirectional, stochastic generation between morphology and expression.
 
-Two conditional generators are trained jointly on paired training cells:
+Both directions are modelled on paired training cells, by one of two methods (``cosmic.method``):
 
-* morphology -> RNA: p(e | m) over the RNA embedding ``e`` (PCA of log-normalised highly
-  variable genes, fitted on training cells), decoded to expression by a learned decoder
-  (initialised at the exact PCA inverse, refined by a small MLP);
-* RNA -> morphology: p(m | e) over the morphology representation ``m`` (the foundation-model
-  embedding ``X_fm`` when present, else standardised region-property features ``X_morph``;
-  see :mod:`.representation`).
+* ``diffusion`` (default, :mod:`.diffusion_model`): morphology -> expression is a head from the
+  morphology representation (the foundation-model embedding ``X_fm`` when present, else
+  standardised region-property features ``X_morph``; see :mod:`.representation`) to every kept
+  gene's log-normalised expression, through a reduced-rank layer that starts at the training-cell
+  PCA; RNA -> morphology is a head from the RNA embedding (training-cell PCA) to the
+  representation, plus the region properties when the representation is ``X_fm``. Around each
+  head a :class:`~.diffusion.ResidualDiffusion` (a conditional denoising diffusion over the
+  residual's leading principal directions, x0 prediction, :mod:`diffusers` schedule) supplies the
+  samples, so they keep the joint structure of real cells. The heads and then the residual models
+  are trained phase by phase, each with early stopping on validation cells.
+* ``cvae`` (:mod:`.nets`, the earlier model): conditional generators over the RNA embedding and
+  the representation, each a mean head plus a residual CVAE with heteroscedastic Gaussian output
+  (``latent_dim = 0``: a heteroscedastic Gaussian), and decoders from the RNA embedding to
+  expression (initialised at the PCA inverse) and from ``X_fm`` to region properties.
 
-Each direction is a conditional VAE with a mean head: a conditioning network ``h = f(c)``, a
-mean head ``mu(h)`` trained for squared error (the conditional mean used for point
-predictions), and a residual CVAE ``p(x - mu | z, h)`` with heteroscedastic Gaussian output and
-``z ~ N(0, I)``, which supplies samples and predictive intervals. ``latent_dim = 0`` reduces the
-residual model to a heteroscedastic Gaussian. After training, the spread of the samples around the
-conditional mean is rescaled per output (RNA PCs, representation dimensions, genes) so that the
-central ``interval_level`` intervals cover that fraction of the *validation* cells (split-conformal,
-:func:`calibrate_model`); the means are unchanged.
+Point predictions are the conditional means. After training, the spread of the samples around them
+is rescaled per output so that the central ``interval_level`` intervals cover that fraction of the
+*validation* cells (split-conformal, :func:`calibrate_model`); the means are unchanged.
 
 Every fitted transform (gene selection, PCA, scalers, covariate categories) lives in a
 :class:`Preprocessor` fitted on training cells only and stored in the checkpoint; the evaluation's
@@ -33,7 +36,11 @@ Modules, one concern each:
   the Snakefile imports it at parse time);
 * :mod:`.params` -- :class:`CosmicParams` (the ``cosmic:`` config block), file names, device;
 * :mod:`.preprocess` -- :class:`Preprocessor` and scalers, fitted on training cells;
-* :mod:`.nets` -- the networks (:class:`CosmicModel`);
+* :mod:`.diffusion` -- :class:`ResidualDiffusion`: a conditional diffusion over a residual's leading
+  principal directions plus independent noise for the rest;
+* :mod:`.diffusion_model` -- the ``diffusion`` method (:class:`DiffusionCosmicModel`, the default):
+  mean heads in both directions plus a residual diffusion each;
+* :mod:`.nets` -- the ``cvae`` method's networks (:class:`CosmicModel`);
 * :mod:`.train` -- :func:`fit_cosmic`, checkpoints, :func:`save_model` / :func:`load_model`;
 * :mod:`.prediction` -- :func:`predict`, sampling, :func:`calibrate_model`, ``predictions.h5ad``;
 * :mod:`.evaluate` -- baselines and held-out scores; :mod:`.celltypes` -- RNA cell types read
@@ -56,6 +63,8 @@ _EXPORTS = {
     "resolve_device": "params",
     "Preprocessor": "preprocess",
     "CosmicModel": "nets",
+    "DiffusionCosmicModel": "diffusion_model",
+    "ResidualDiffusion": "diffusion",
     "fit_cosmic": "train",
     "save_model": "train",
     "load_model": "train",
