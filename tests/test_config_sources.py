@@ -28,6 +28,7 @@ PARAMS = {
     "foundation": ("cosmic.foundation.params", "FoundationParams"),
     "cosmic": ("cosmic.crossmodal.params", "CosmicParams"),
     "cosmic.evaluation": ("cosmic.evaluation.params", "EvaluationParams"),
+    "generate": ("cosmic.generate.params", "GenerateParams"),
     "cell_cycle": ("cosmic.cell_cycle", "CellCycleParams"),
     "drug_response": ("cosmic.drug_response", "DrugResponseParams"),
     "demo_dataset": ("cosmic.demo", "DemoSettings"),

@@ -85,7 +85,8 @@ def declared_files(workdir) -> set[str]:
         line = line.strip()
         for field in ("output: ", "log: ", "benchmark: "):
             if line.startswith(field):
-                declared.update(path.strip() for path in line[len(field):].split(","))
+                # a flagged output is listed with its flag, e.g. "folder (update)"
+                declared.update(path.strip().split(" (")[0] for path in line[len(field):].split(","))
     return declared
 
 
@@ -135,9 +136,11 @@ def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):
     n_images = len(list((workdir / "raw" / "extra" / "images").glob("*.tif")))
     # Per-sample work runs for the new sample only. The foundation model is pretrained on the crops
     # of all samples, so it (and what depends on it) is refreshed with the new sample's nuclei.
-    # the new sample's nucleus diameter is checked against the run's reference (the first sample's)
-    assert job_counts(more.stdout) == {"segment": n_images, "nucleus_diameter": 1, "nuclei": 1, "rna": 1,
-                                       "pretrain": 1, "embed": 3, "pair": 3, "cohort": 1, "total": n_images + 11}
+    # the new sample's nucleus diameter is checked against the run's reference (the first sample's),
+    # and its pairing table is split into one positions file per image
+    assert job_counts(more.stdout) == {"segment": n_images, "nucleus_diameter": 1, "pairing_by_image": 1,
+                                       "nuclei": 1, "rna": 1, "pretrain": 1, "embed": 3, "pair": 3, "cohort": 1,
+                                       "total": n_images + 12}
     assert "output: results/segmentation/demo_control" not in more.stdout
 
 

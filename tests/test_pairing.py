@@ -166,3 +166,115 @@ def test_summarise_qc_counts_statuses():
     summary = pairing.summarise_qc(qc).set_index("sample")
     assert summary.loc["s1", "paired_total"] == 2
     assert summary.loc["s1", "paired_fraction_of_cells"] == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------ masks streamed image by image
+
+def reference_assign(pairing_table, nuclei, masks, params):
+    """The per-row assignment as first written (one barcode at a time), for comparison."""
+    from scipy.spatial import cKDTree
+
+    out = pairing_table.copy()
+    out["nucleus_row"], out["status"], out["distance"] = -1, pairing.NO_NUCLEUS, np.nan
+    nuclei = nuclei.reset_index(drop=True)
+    for image, rows in out.groupby("image", sort=False):
+        in_image = nuclei.index[nuclei["image"] == image].to_numpy()
+        if image not in masks:
+            out.loc[rows.index, "status"] = pairing.UNKNOWN_IMAGE
+            continue
+        mask = masks[image]
+        label_to_row = dict(zip(nuclei.loc[in_image, "label"].astype(int), in_image))
+        ys, xs = rows["y"].to_numpy(), rows["x"].to_numpy()
+        iy = np.clip(np.round(ys).astype(int), 0, mask.shape[0] - 1)
+        ix = np.clip(np.round(xs).astype(int), 0, mask.shape[1] - 1)
+        inside = (ys >= -0.5) & (ys < mask.shape[0] - 0.5) & (xs >= -0.5) & (xs < mask.shape[1] - 0.5)
+        hit = np.where(inside, mask[iy, ix], 0)
+        centroids = nuclei.loc[in_image, ["centroid_y", "centroid_x"]].to_numpy(float)
+        tree = cKDTree(centroids) if len(centroids) else None
+        for k, idx in enumerate(rows.index):
+            row = label_to_row.get(int(hit[k]), -1)
+            if row >= 0:
+                out.loc[idx, ["nucleus_row", "status"]] = row, pairing.PAIRED
+                out.at[idx, "distance"] = float(np.hypot(nuclei.at[row, "centroid_y"] - ys[k],
+                                                         nuclei.at[row, "centroid_x"] - xs[k]))
+                continue
+            if tree is None:
+                continue
+            dists, near = tree.query((ys[k], xs[k]), k=min(2, len(centroids)))
+            dists, near = np.atleast_1d(dists), np.atleast_1d(near)
+            if dists[0] > params.max_distance:
+                continue
+            if len(dists) > 1 and dists[1] <= params.max_distance and dists[1] < params.ambiguity_ratio * dists[0]:
+                out.loc[idx, ["status", "distance"]] = pairing.AMBIGUOUS, float(dists[0])
+                continue
+            out.loc[idx, ["nucleus_row", "status", "distance"]] = int(in_image[near[0]]), pairing.PAIRED_NEAREST, float(dists[0])
+    claimed = out["nucleus_row"] >= 0
+    counts = out.loc[claimed, "nucleus_row"].value_counts()
+    twice = out["nucleus_row"].isin(counts.index[counts > 1]) & claimed
+    out.loc[twice, "status"], out.loc[twice, "nucleus_row"] = pairing.CLAIMED_TWICE, -1
+    return out
+
+
+def synthetic_sample(n_images=6, seed=0):
+    """Masks, nucleus table and a pairing table whose positions hit nuclei, fall near them,
+    between two, far from all, outside the image or on an image the sample lacks."""
+    rng = np.random.default_rng(seed)
+    masks, tables, rows = {}, [], []
+    for i in range(n_images):
+        image = f"img{i}"
+        centres = [(int(y), int(x)) for y, x in rng.integers(8, 92, size=(int(rng.integers(0, 9)), 2))]
+        masks[image] = disc_mask((100, 100), centres, radius=5)
+        tables.append(nuclei_table(centres, image=image))
+        n = 40
+        rows.append(pd.DataFrame({"image": image, "y": rng.uniform(-5, 105, n).round(1),
+                                  "x": rng.uniform(-5, 105, n).round(1)}))
+    rows.append(pd.DataFrame({"image": ["missing"] * 3, "y": [1.0, 2.0, 3.0], "x": [1.0, 2.0, 3.0]}))
+    table = pd.concat(rows, ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    table.insert(0, "barcode", [f"BC{i}-1" for i in range(len(table))])
+    return masks, pd.concat(tables, ignore_index=True), table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_assignment_matches_per_row_reference(seed):
+    masks, nuclei, table = synthetic_sample(seed=seed)
+    params = pairing.PairingParams(max_distance=12, ambiguity_ratio=1.5)
+    got = pairing.assign_nuclei(table, nuclei, masks, params)
+    want = reference_assign(table, nuclei, masks, params)
+    assert set(got["status"]) >= {pairing.PAIRED, pairing.PAIRED_NEAREST, pairing.NO_NUCLEUS, pairing.UNKNOWN_IMAGE}
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()))
+
+
+def test_pair_sample_streams_masks_one_at_a_time(tmp_path, monkeypatch):
+    """Masks read from their files as each image is paired give the same result as masks held in
+    memory, and no more than one mask is alive at any time."""
+    import tifffile
+    import weakref
+
+    masks, nuclei, table = synthetic_sample(seed=3)
+    paths = {}
+    for image, mask in masks.items():
+        paths[image] = tmp_path / f"{image}.mask.tif"
+        tifffile.imwrite(paths[image], mask)
+    rna = rna_object(list(table["barcode"]))
+    with pytest.warns(UserWarning):
+        expected, expected_qc = pairing.pair_sample("s1", rna, nuclei, masks, table, PARAMS)
+
+    alive, peak = [0], [0]
+    read = tifffile.imread
+
+    def counting_read(path, *args, **kwargs):
+        array = read(path, *args, **kwargs)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(array, lambda: alive.__setitem__(0, alive[0] - 1))
+        return array
+
+    monkeypatch.setattr(pairing.tifffile, "imread", counting_read)
+    streamed_masks = pairing.read_masks(paths)
+    assert set(streamed_masks) == set(masks) and len(streamed_masks) == len(masks)
+    with pytest.warns(UserWarning):
+        paired, qc = pairing.pair_sample("s1", rna, nuclei, streamed_masks, table, PARAMS)
+    assert peak[0] == 1
+    pd.testing.assert_frame_equal(qc, expected_qc)
+    pd.testing.assert_frame_equal(paired.obs, expected.obs)
+    np.testing.assert_array_equal(paired.obsm["X_morph"], expected.obsm["X_morph"])

@@ -202,6 +202,56 @@ def test_images_without_pairing_are_rejected(tmp_path, user_data):
     assert_failed_before_jobs(result, tmp_path, "sample 's1'", "pairing")
 
 
+def test_changed_pairing_row_reruns_only_its_image(tmp_path):
+    """The pairing table is split into one positions file per image; a moved position rewrites
+    only its image's file, so only that image's segmentation is planned again."""
+    import os
+    import time
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "counts").mkdir()
+    images = ["fov_a", "fov_b", "fov_c"]
+    for name in images:
+        (raw / "images" / f"{name}.tif").write_bytes(b"")
+    table = pd.DataFrame({"barcode": [f"BC{i}-1" for i in range(6)], "image": images * 2,
+                          "y": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], "x": 5.0})
+    table.to_csv(raw / "pairing.tsv", sep="\t", index=False)
+    pd.DataFrame([{"sample": "s1", "images": str(raw / "images"), "counts": str(raw / "counts"),
+                   "pairing": str(raw / "pairing.tsv")}]).to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    config = write_config(tmp_path, demo=False, samples=str(tmp_path / "samples.tsv"),
+                          segmentation={"nucleus_diameter": 30})
+    results = tmp_path / "results" / "segmentation" / "s1"
+    masks = [results / f"{name}.mask.tif" for name in images]
+
+    def split():  # the checkpoint alone, for real (a dry run cannot know which files it rewrites)
+        done = run_snakemake(results / "pairing_by_image", "--cores", "1", "--configfile", config,
+                             "--directory", tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    split()
+    assert sorted(p.name for p in (results / "pairing_by_image").glob("*.tsv")) == [f"{n}.tsv" for n in images]
+    past = time.time() - 1000
+    for path in [*(raw / "images").iterdir(), raw / "pairing.tsv", *(results / "pairing_by_image").iterdir()]:
+        os.utime(path, (past, past))
+    for mask in masks:  # segmented after the split
+        mask.write_bytes(b"")
+        os.utime(mask, (past + 500, past + 500))
+    # the masks here are stand-ins without Snakemake's records: judge by modification times only
+    unchanged = dry_run(tmp_path, config, *masks, "--rerun-triggers", "mtime")
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr, unchanged.stdout
+
+    table.loc[4, "y"] = 52.0  # a fov_b position moves
+    table.loc[0, "barcode"] = "renamed-1"  # a fov_a barcode changes: positions do not
+    table.to_csv(raw / "pairing.tsv", sep="\t", index=False)
+    split()
+    planned = dry_run(tmp_path, config, *masks, "--rerun-triggers", "mtime")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.count("rule segment:") == 1
+    assert f"output: {masks[1]}" in planned.stdout  # fov_b only
+
+
 def test_missing_sample_sheet_is_rejected(tmp_path):
     result = dry_run(tmp_path, write_config(tmp_path, demo=False, samples=str(tmp_path / "none.tsv")))
     assert_failed_before_jobs(result, tmp_path, "none.tsv", "does not exist")

@@ -15,6 +15,7 @@ from cosmic import config as cosmic_config
 from cosmic import demo as cosmic_demo
 from cosmic import imageio as cosmic_imageio
 from cosmic import layout
+from cosmic import resources as cosmic_resources
 from cosmic.crossmodal.representation import for_workflow
 from cosmic.errors import CosmicInputError
 
@@ -134,17 +135,24 @@ def image_path(wildcards):
 
 
 def segment_inputs(wildcards):
-    """The image; and the sample sheet's mask for it (imported, not segmented), or else the
-    pairing table whose positions split merged nuclei (if enabled)."""
+    """The image; and the sample sheet's mask for it (imported, not segmented), or else its
+    own rows of the pairing table, whose positions split merged nuclei (if enabled)."""
     inputs = {"image": image_path(wildcards)}
     if wildcards.sample in MASKS:
         inputs["mask"] = MASKS[wildcards.sample][wildcards.image]
         return inputs
     if config["pairing"]["split_merged_nuclei"]:
-        inputs["pairing"] = SAMPLES.loc[wildcards.sample, "pairing"]
-    if reference_diameter_input(wildcards):
-        inputs["diameter"] = reference_diameter_input(wildcards)
+        folder = checkpoints.pairing_by_image.get(sample=wildcards.sample).output.folder
+        inputs["positions"] = f"{folder}/{wildcards.image}.tsv"
+    diameter = reference_diameter_input(wildcards)
+    if diameter:
+        inputs["diameter"] = diameter
     return inputs
+
+
+def pairing_table(wildcards):
+    """The sample's pairing table (sample-sheet column `pairing`)."""
+    return SAMPLES.loc[wildcards.sample, "pairing"]
 
 
 def diameter_file(sample):
@@ -305,6 +313,8 @@ def cosmic_split_inputs(wildcards):
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
         inputs["crops"] = crops_inputs()
         inputs.update(first_image_input())
+    if GENERATE_IMAGES:
+        inputs["generated"] = generated_nuclei(wildcards.split)
     return inputs
 
 
@@ -321,6 +331,29 @@ COSMIC_DECODES_IMAGES = COSMIC_REPRESENTATION.decodes_images
 GENERATED_IMAGES = (
     f"{RESULTS}/cosmic/{layout.GENERATED_IMAGES}" if COSMIC_DECODES_IMAGES else None
 )
+# The pixel-space generator (cosmic.generate) runs in every split when nuclei are rendered.
+GENERATE_IMAGES = COSMIC_DECODES_IMAGES and config["generate"]["enabled"]
+
+
+GENERATE_FIGURE_DIR = f"{RESULTS}/cosmic/generate/figures"
+
+
+def generate_figures_inputs(wildcards):
+    """Split 0's generator and nuclei, the cohort, crop banks and the RNA cell-cycle positions."""
+    inputs = {
+        "cohort": f"{RESULTS}/paired/cohort.h5ad",
+        "crops": crops_inputs(),
+        "model": f"{RESULTS}/models/generate/split_0/model.pt",
+        "generated": generated_nuclei(0),
+        "cycle_cells": f"{RESULTS}/analysis/cell_cycle/cells.tsv",
+    }
+    inputs.update(first_image_input())
+    return inputs
+
+
+def generated_nuclei(split):
+    """The generator's nuclei for the test cells of one evaluation split."""
+    return f"{RESULTS}/cosmic/generate/split_{split}.npz"
 COSMIC_FIGURE_DIR = f"{RESULTS}/cosmic/figures"
 # Captions of the `cosmic` rule's figures (the PNGs are declared one by one, as report items).
 COSMIC_CAPTIONS = [

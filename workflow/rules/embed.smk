@@ -14,8 +14,8 @@ rule embed:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=cosmic_resources.embed_mem_mb,
+        runtime=cosmic_resources.embed_runtime,
     params:
         batch_size=256,
     script:

@@ -16,8 +16,8 @@ rule nuclei:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=cosmic_resources.nuclei_mem_mb,
+        runtime=cosmic_resources.nuclei_runtime,
     params:
         image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
         segmentation=config["segmentation"],

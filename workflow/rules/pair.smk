@@ -13,7 +13,8 @@ rule pair:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=cosmic_resources.pair_mem_mb,
+        runtime=cosmic_resources.pair_runtime,
     params:
         image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
         pairing=config["pairing"],

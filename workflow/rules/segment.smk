@@ -17,7 +17,7 @@ checkpoint pairing_by_image:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=pairing_by_image_mem_mb,
+        mem_mb=cosmic_resources.pairing_by_image_mem_mb,
     params:
         image_names=lambda wildcards: list(IMAGES[wildcards.sample]),
     script:
@@ -37,13 +37,12 @@ rule segment:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=segment_mem_mb,
-        runtime=segment_runtime,
+        mem_mb=cosmic_resources.segment_mem_mb,
+        runtime=cosmic_resources.segment_runtime,
     params:
         segmentation=segmentation_params,
         dna_channel=config["imaging"]["dna_channel"],
         z_projection=config["imaging"]["z_projection"],
-        image_name=lambda wildcards: wildcards.image,
     script:
         "../scripts/segment.py"
 

@@ -12,7 +12,8 @@ from cosmic.evaluation.repeated import run_split
 images = None
 if "foundation" in snakemake.input.keys():
     images = ImageContext.from_files(snakemake.input.foundation, snakemake.input.crops, snakemake.params.samples,
-                                     snakemake.params.dna_channel, snakemake.input.get("first_image"))
+                                     snakemake.params.dna_channel, snakemake.input.get("first_image"),
+                                     generated=snakemake.input.get("generated"))
 table = run_split(
     snakemake.input.cohort,
     snakemake.params.cosmic,

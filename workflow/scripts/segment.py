@@ -17,7 +17,7 @@ if "mask" in snakemake.input.keys():  # sample-sheet column `masks`: import inst
         dna_channel=snakemake.params.dna_channel,
         z_projection=snakemake.params.z_projection,
         sample=snakemake.wildcards.sample,
-        image=snakemake.params.image_name,
+        image=snakemake.wildcards.image,
     )
     print(
         f"{snakemake.input.image}: imported {imported['nuclei']} nuclei from {snakemake.input.mask} "
@@ -33,7 +33,7 @@ else:
         from cosmic.pairing_by_image import read_positions
 
         positions = read_positions(
-            snakemake.input.positions, sample=snakemake.wildcards.sample, image=snakemake.params.image_name
+            snakemake.input.positions, sample=snakemake.wildcards.sample, image=snakemake.wildcards.image
         )
 
     info = {}  # filled with the diameter used and what each filter removed

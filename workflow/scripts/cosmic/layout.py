@@ -12,6 +12,8 @@ COSMIC_FIGURES = ("gene_r2_ranked", "variance_decomposition", "cell_type_confusi
 GENERATED_NUCLEI_FIGURE = "generated_nuclei"
 # (1 + n_samples) x test cells x C x S x S float16; index 0 = conditional mean.
 GENERATED_IMAGES = "predictions_generated_images.npy"
+# cosmic/generate/figures/: the pixel-space generator's figures (split 0, test cells)
+GENERATE_FIGURES = ("generated_vs_real", "generated_along_cycle", "generated_distributions")
 
 CELL_CYCLE_FIGURES = ("score_plane", "dna_content", "area_along_cycle", "phase_confusion", "nuclei_along_cycle")
 DRUG_RESPONSE_FIGURES = ("volcano", "morphology_effects", "classifier_auc", "morphology_associated_genes")

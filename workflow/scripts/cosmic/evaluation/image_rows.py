@@ -4,8 +4,11 @@ When COSMIC renders generated nuclei (it models the foundation embedding), each 
 for the test cells are turned into crops and judged the same way as the real crops of those
 cells: measured with the project's own region-property extractor (space ``image_properties``,
 :func:`cosmic.evaluation.images.measure_crops`) and re-encoded by the foundation encoder (space
-``image_embedding``). Methods: ``cosmic`` (its generated embeddings, decoded by the foundation
-image head), ``ridge_residual`` (ridge mean + a resampled training residual in embedding space,
+``image_embedding``). Methods: ``embedding_decoder`` (COSMIC's generated embeddings, decoded by the
+foundation image head), ``diffusion`` (the pixel-space generator of :mod:`cosmic.generate`, trained on
+this split's cells: its nuclei for a seeded subsample of the test cells, scored against the real
+crops of those cells; in ``image_embedding`` too only when it generates every bank channel),
+``ridge_residual`` (ridge mean + a resampled training residual in embedding space,
 decoded the same way) and ``nearest_rna`` (the real crops of the training cells whose RNA is
 nearest: real nuclei, the retrieval baseline). Features are standardised by the real test cells'
 mean and SD; crops where no nucleus is segmented are left out of the distribution metrics and
@@ -37,18 +40,22 @@ class ImageContext:
     dna_channel: int
     nucleus_diameter: float | None = None
     preprocessor: object = None
+    generated: str | None = None  # this split's cosmic.generate output (.npz), when the generator ran
 
     @classmethod
-    def from_files(cls, foundation_path, crop_paths, samples, dna_channel, first_image=None) -> "ImageContext":
+    def from_files(cls, foundation_path, crop_paths, samples, dna_channel, first_image=None,
+                   generated=None) -> "ImageContext":
         """From the rule's inputs: the foundation model, the crop banks (one per sample, in ``samples``
-        order) and the ``imaging.dna_channel`` setting (a name is resolved on ``first_image``)."""
+        order), the ``imaging.dna_channel`` setting (a name is resolved on ``first_image``) and the
+        generator's output for the split (``generated``, optional)."""
         from ..foundation import load_model
         from ..imageio import crop_banks_by_sample, crop_dna_channel
 
         banks = crop_banks_by_sample(crop_paths, samples)
         if banks is None:
             raise ValueError(f"{len(list(crop_paths))} crop banks for {len(list(samples))} samples")
-        return cls(load_model(foundation_path), banks, crop_dna_channel(dna_channel, first_image))
+        return cls(load_model(foundation_path), banks, crop_dna_channel(dna_channel, first_image),
+                   generated=str(generated) if generated else None)
 
     def with_cohort(self, cohort) -> "ImageContext":
         """Set the nucleus diameter the crop measurements use from the cohort's own nuclei (median area)."""
@@ -134,10 +141,25 @@ def generated_crops(data: SplitData, context: ImageContext, train_cells, n_gener
     cells, position = np.unique(retrieved, return_inverse=True)
     retrieved_crops = context.real_crops(train_cells[cells])[position.reshape(retrieved.shape)]
     return {
-        "cosmic": context.decode(np.asarray(data.predictions["rep_samples"][:k])),
+        "embedding_decoder": context.decode(np.asarray(data.predictions["rep_samples"][:k])),
         "ridge_residual": context.decode(B.ridge_residual_samples(x_train, data.train["rep"], x_test, k, seed)),
         "nearest_rna": retrieved_crops,
     }
+
+
+def diffusion_crops(context: ImageContext, test_cells, bank_shape) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The generator's nuclei in the bank's geometry, the test-cell rows they belong to, and whether
+    every bank channel was generated."""
+    from ..generate.run import read_generated, to_bank_geometry
+
+    out = read_generated(context.generated)
+    names = test_cells.obs_names.astype(str)
+    rows = names.get_indexer(out["cells"])
+    if (rows < 0).any():
+        raise ValueError(f"{context.generated}: {int((rows < 0).sum())} generated cells are not test cells of this "
+                         "split; the generator output belongs to another split or cohort (re-run generate_split)")
+    crops = to_bank_geometry(out["generated"], out["channels"], bank_shape[0], bank_shape[-1])
+    return crops, rows, len(out["channels"]) == bank_shape[0]
 
 
 def image_rows(data: SplitData, context: ImageContext, train_cells, test_cells, n_generated: int = 4,
@@ -145,8 +167,19 @@ def image_rows(data: SplitData, context: ImageContext, train_cells, test_cells, 
     """Every image-space row of one split (``image_properties`` and ``image_embedding``)."""
     real = context.real_crops(test_cells)
     crops = generated_crops(data, context, train_cells, n_generated, seed)
-    rows = _space_rows("image_properties", _measured(real, context),
+    real_measured, real_encoded = _measured(real, context), _encoded(real, context)
+    rows = _space_rows("image_properties", real_measured,
                        {m: _measured(c, context) for m, c in crops.items()}, data, seed, max_cells)
-    rows += _space_rows("image_embedding", _encoded(real, context),
+    rows += _space_rows("image_embedding", real_encoded,
                         {m: _encoded(c, context) for m, c in crops.items()}, data, seed, max_cells)
+    if context.generated is not None:
+        generated, cells, all_channels = diffusion_crops(context, test_cells, real.shape[1:])
+        sizes = {**data.sizes, "n_test": len(cells)}
+        rows += [dict(r, **sizes) for r in _space_rows("image_properties", real_measured[cells],
+                                                       {"diffusion": _measured(generated, context)}, data,
+                                                       seed, max_cells)]
+        if all_channels:
+            rows += [dict(r, **sizes) for r in _space_rows("image_embedding", real_encoded[cells],
+                                                           {"diffusion": _encoded(generated, context)}, data,
+                                                           seed, max_cells)]
     return rows
