@@ -73,6 +73,7 @@ RESUME_STATE = (
     "results/models/cosmic/checkpoint.pt",
     "results/models/cosmic/training_log.tsv",
     "results/models/cosmic/splits/*/*",
+    "results/models/generate/split_*/last.pt",
 )
 
 
@@ -217,6 +218,12 @@ def test_repeated_evaluation_tables(finished_run):
     assert {"features", "image_properties", "image_embedding"} <= spaces  # the demo renders nuclei
     generation = held_out[held_out["metric"] == "knna_k100"]
     assert {"cosmic", "ridge_residual", "nearest_rna"} <= set(generation["method"])
+    images = held_out[(held_out["space"] == "image_properties") & (held_out["metric"] == "knna_k1")]
+    # the pixel-space generator beside the foundation-decoder path and the baselines
+    assert set(images["method"]) == {"diffusion", "embedding_decoder", "ridge_residual", "nearest_rna"}
+    figures = results / "cosmic" / "generate" / "figures"
+    assert all((figures / f"{name}.png").stat().st_size > 5_000 for name in
+               ("generated_vs_real", "generated_along_cycle", "generated_distributions"))
     cycle = summary[summary["direction"] == "cell_cycle"]
     assert set(cycle["method"]) == {"cosmic", "rna_pc_angle"}
     assert {"ridge", "spline_ridge", "knn", "ridge_residual", "nearest_rna", "rna_pc_angle"} <= set(

@@ -354,6 +354,8 @@ def generate_figures_inputs(wildcards):
 def generated_nuclei(split):
     """The generator's nuclei for the test cells of one evaluation split."""
     return f"{RESULTS}/cosmic/generate/split_{split}.npz"
+
+
 COSMIC_FIGURE_DIR = f"{RESULTS}/cosmic/figures"
 # Captions of the `cosmic` rule's figures (the PNGs are declared one by one, as report items).
 COSMIC_CAPTIONS = [
@@ -418,6 +420,8 @@ def report_inputs(wildcards):
             f"{RESULTS}/cosmic/evaluation/figures/paired_differences.png",
         ]
         data += GENERATED_NUCLEI_FILES
+        if GENERATE_IMAGES:
+            data += layout.figure_files(GENERATE_FIGURE_DIR, layout.GENERATE_FIGURES)
     elif name == "cell_cycle":
         data += [
             f"{RESULTS}/analysis/cell_cycle/summary.json",

@@ -42,7 +42,9 @@ if GENERATE_IMAGES:
                 )
                 for name in layout.GENERATE_FIGURES
             },
-            captions=[f"{GENERATE_FIGURE_DIR}/{name}.txt" for name in layout.GENERATE_FIGURES],
+            captions=[
+                f"{GENERATE_FIGURE_DIR}/{name}.txt" for name in layout.GENERATE_FIGURES
+            ],
         log:
             f"{RESULTS}/logs/generate_figures.log",
         conda:

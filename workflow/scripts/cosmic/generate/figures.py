@@ -48,8 +48,8 @@ def real_vs_generated_figure(real: np.ndarray, generated: np.ndarray, groups: np
     shown = [(g, i) for g in names for i in np.flatnonzero(groups == g)[:cells_per_group]]
     n = generated.shape[0]
     limits = np.percentile(np.concatenate([real.ravel(), generated.ravel()]), [1, 99.5])
-    fig, axes = plt.subplots(max(1, len(shown)), n + 1, figsize=(1.3 * (n + 1), 1.3 * max(1, len(shown))),
-                             squeeze=False)
+    fig, axes = plt.subplots(max(1, len(shown)), n + 1, figsize=(1.3 * (n + 1), 1.3 * max(1, len(shown)) + 0.5),
+                             squeeze=False, layout="constrained")
     for row, (group, cell) in enumerate(shown):
         _show(axes[row, 0], real[cell], limits, "real" if row == 0 else None)
         axes[row, 0].set_ylabel(str(group), fontsize=6, rotation=0, ha="right", va="center")
@@ -69,7 +69,7 @@ def cycle_sweep_figure(sweep: np.ndarray, centres: np.ndarray, measured: pd.Data
     plt = _pyplot()
     path = Path(path)
     reps, bins = sweep.shape[:2]
-    fig = plt.figure(figsize=(1.2 * bins, 1.2 * reps + 2.6))
+    fig = plt.figure(figsize=(1.2 * bins, 1.2 * reps + 2.8), layout="constrained")
     grid = fig.add_gridspec(reps + 2, bins, height_ratios=[1] * reps + [1.3, 1.3])
     limits = np.percentile(sweep, [1, 99.5])
     for r in range(reps):
