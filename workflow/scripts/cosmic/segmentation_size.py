@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, transform
 
-__all__ = ["estimate_nucleus_diameter", "normalise", "downscale", "FALLBACK_DIAMETER"]
+__all__ = ["estimate_nucleus_diameter", "normalise", "downscale", "fill_holes", "sample_pixels", "FALLBACK_DIAMETER"]
 
 FALLBACK_DIAMETER = 30.0
 """Used (with a warning) when an image holds nothing that looks like a nucleus."""
@@ -46,6 +46,8 @@ WORKING_DIAMETER = 12.0  # finer copy when the nuclei are narrower than this in 
 MIN_OBJECT_PX = 4  # smaller objects (working copy) are noise
 NOISE_SD = 5.0  # noise floor = background median + NOISE_SD robust SD
 LOG_GAIN = 30.0
+SMOOTHING = 0.0  # Gaussian sigma (working px) before the threshold
+RIM_PX = 0.0  # subtracted from the measured diameter (working px)
 KDE_BANDWIDTH = 0.1  # in log diameter (~10 %)
 
 
@@ -59,12 +61,34 @@ def downscale(img: np.ndarray, factor: int) -> np.ndarray:
     return transform.downscale_local_mean(img, (factor, factor)).astype(np.float32)
 
 
+STATS_PIXELS = 65_000  # pixels sampled (a regular grid) for percentiles, Otsu and the noise level
+
+
+def sample_pixels(img: np.ndarray, n: int = STATS_PIXELS) -> np.ndarray:
+    """A regular-grid subsample of about ``n`` pixels (all of them for small images), for
+    statistics that do not need every pixel; deterministic."""
+    step = max(1, int(math.sqrt(img.size / n)))
+    return img[::step, ::step]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` (4-connected background), ~3x faster: background components
+    that do not touch the border are holes."""
+    bg, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
+        outside[edge] = True
+    outside[0] = True
+    return mask | ~outside[bg]
+
+
 def normalise(image: np.ndarray) -> np.ndarray:
     """Copy scaled so the 0.5th percentile is 0 and the 99.9th is 1 (robust to dtype, offset
     and a few hot pixels), so thresholds behave the same for any image."""
     img = np.asarray(image, dtype=np.float32)
-    step = max(1, int(math.sqrt(img.size / 250_000)))
-    lo, hi = np.percentile(img[::step, ::step], [0.5, 99.9])
+    lo, hi = np.percentile(sample_pixels(img, 250_000), [0.5, 99.9])
     if hi <= lo:
         lo, hi = float(img.min()), float(img.max())
     if hi <= lo:
@@ -73,6 +97,7 @@ def normalise(image: np.ndarray) -> np.ndarray:
 
 
 def _first_threshold(s: np.ndarray) -> float:
+    s = sample_pixels(s)
     log_otsu = math.expm1(filters.threshold_otsu(np.log1p(LOG_GAIN * np.clip(s, 0, None)))) / LOG_GAIN
     med = float(np.median(s))
     mad = 1.4826 * float(np.median(med - s[s <= med]))
@@ -107,8 +132,9 @@ def _diameter_at(img: np.ndarray, factor: int) -> float:
     """Typical nucleus diameter (px of ``img``) measured on a copy downsampled by ``factor``;
     NaN when no object is found."""
     s = downscale(img, factor) if factor > 1 else img
-    s = ndi.gaussian_filter(s, 1.0)
-    mask = ndi.binary_fill_holes(s > _first_threshold(s))
+    if SMOOTHING > 0:
+        s = ndi.gaussian_filter(s, SMOOTHING)
+    mask = fill_holes(s > _first_threshold(s))
     labels, n = ndi.label(mask)
     if n == 0:
         return math.nan
@@ -117,7 +143,7 @@ def _diameter_at(img: np.ndarray, factor: int) -> float:
     if not big.any():
         return math.nan
     keep = big & (areas >= 0.2 * _typical_area(areas[big]))
-    return _mode_diameter(areas[keep]) * factor
+    return max(_mode_diameter(areas[keep]) - RIM_PX, 1.0) * factor
 
 
 def estimate_nucleus_diameter(image: np.ndarray, normalised: bool = False) -> float:

@@ -116,19 +116,24 @@ def matching_scores(held: HeldOut) -> dict:
 
 def interval_coverage(held: HeldOut, predictions: dict, level: float, scales, kind: Representation) -> dict:
     """Coverage on test cells of the central ``level`` intervals of the samples (calibrated on validation
-    cells; ``scales``: the calibration summaries of the fit)."""
+    cells; ``scales``: the calibration summaries of the fit). Read from ``predictions["coverage"]`` (all
+    draws, counted while sampling) when :func:`~cosmic.crossmodal.prediction.predict` was given the level,
+    else computed from the returned samples."""
     y = held.observed
-    coverage = dict(level=level, fitted_on="validation cells: per-output scale of the samples' spread "
-                                           "(split-conformal quantile), applied unchanged to test cells",
-                    scales=scales,
-                    rna_embedding=M.interval_coverage(y["rna"], predictions["rna_samples"], level)["coverage"],
-                    morphology_representation=M.interval_coverage(y["rep"], predictions["rep_samples"],
-                                                                  level)["coverage"],
-                    expression=M.interval_coverage(y["expr"], predictions["expr_samples"], level)["coverage"])
+    counted = predictions.get("coverage") or {}
+
+    def coverage(key):
+        if key in counted:
+            return counted[key]
+        return M.interval_coverage(y[key], predictions[f"{key}_samples"], level)["coverage"]
+
+    out = dict(level=level, fitted_on="validation cells: per-output scale of the samples' spread "
+                                      "(split-conformal quantile), applied unchanged to test cells",
+               scales=scales, rna_embedding=coverage("rna"), morphology_representation=coverage("rep"),
+               expression=coverage("expr"))
     if kind.is_foundation:
-        coverage["morphology_features"] = M.interval_coverage(y["morph"], predictions["morph_samples"],
-                                                              level)["coverage"]
-    return coverage
+        out["morphology_features"] = coverage("morph")
+    return out
 
 
 def per_feature_table(held: HeldOut, genes, morph_names, per_gene: dict, per_feature: dict,

@@ -27,23 +27,64 @@ def to_tensors(arrays: dict, device) -> dict:
     return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in arrays.items()}
 
 
+# Samples are drawn for this many (samples x cells x outputs) values at a time: a chunk of cells at once,
+# so memory does not grow with the number of cells (100 samples of 20,000 genes are 8 MB per cell).
+SAMPLE_BUDGET = 2 ** 24  # also the largest tensor torch.quantile accepts
+COVERED = ("expr", "rna", "rep", "morph")  # outputs whose interval coverage predict() reports
+
+
+def cell_chunks(n_cells: int, n_samples: int, n_outputs: int, budget: int | None = None):
+    """Slices of at most ``budget`` (default :data:`SAMPLE_BUDGET`) ``/ (n_samples * n_outputs)`` cells
+    (at least one)."""
+    budget = SAMPLE_BUDGET if budget is None else budget
+    size = max(1, budget // max(1, n_samples * n_outputs))
+    for start in range(0, n_cells, size):
+        yield slice(start, min(n_cells, start + size))
+
+
+def _inside(y: torch.Tensor, samples: torch.Tensor, level: float) -> tuple[float, int]:
+    """Values of ``y`` (cells x outputs) inside the central ``level`` interval of ``samples``, and their count."""
+    lo, hi = torch.quantile(samples.float(), torch.tensor([(1 - level) / 2, (1 + level) / 2], device=y.device),
+                            dim=0)
+    return float(((y >= lo) & (y <= hi)).sum()), int(y.numel())
+
+
 @torch.no_grad()
-def predict(model: CosmicModel, pre: Preprocessor, adata, n_samples: int = 100, seed: int = 0) -> dict:
+def predict(model: CosmicModel, pre: Preprocessor, adata, n_samples: int = 100, seed: int = 0, keep: int | None = None,
+            level: float | None = None) -> dict:
     """Conditional means and samples in both directions for the cells of ``adata``.
 
     Returns standardised arrays: ``rna_mean``/``rna_samples`` (generated RNA embedding from
     morphology), ``expr_mean``/``expr_samples`` (decoded expression), ``rep_mean``/``rep_samples``
     (generated morphology representation from RNA), ``morph_mean``/``morph_samples`` (region-property
     features; equal to the representation unless it is X_fm), plus the observed arrays.
+
+    ``n_samples`` are drawn per cell, a chunk of cells at a time (:data:`SAMPLE_BUDGET`); only the
+    first ``keep`` (default all) are returned. With ``level``, ``coverage`` holds, per output of
+    :data:`COVERED`, the fraction of observed values inside the central ``level`` interval of all
+    ``n_samples`` draws.
     """
     model.eval()
     device = next(model.parameters()).device
     observed = pre.transform(adata)
     tensors = to_tensors(observed, device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = _predict_tensors(model, tensors, n_samples, gen)
-    out = {k: v.float().cpu().numpy() for k, v in out.items()}
+    keep = n_samples if keep is None else max(1, min(int(keep), n_samples))
+    width = max(v.shape[1] for v in observed.values())
+    parts, counts = [], {k: [0.0, 0] for k in COVERED}
+    for cells in cell_chunks(len(observed["expr"]), n_samples, width):
+        chunk = _predict_tensors(model, {k: v[cells] for k, v in tensors.items()}, n_samples, gen)
+        if level is not None:
+            for key in COVERED:
+                inside, total = _inside(tensors[key][cells], chunk[f"{key}_samples"], level)
+                counts[key][0] += inside
+                counts[key][1] += total
+        parts.append({k: (v[:keep] if k.endswith("_samples") else v).float().cpu().numpy() for k, v in chunk.items()})
+    out = {k: np.concatenate([p[k] for p in parts], axis=1 if k.endswith("_samples") else 0) for k in parts[0]} \
+        if parts else {}
     out.update({f"observed_{k}": v for k, v in observed.items()})
+    if level is not None:
+        out["coverage"] = {k: (c[0] / c[1] if c[1] else float("nan")) for k, c in counts.items()}
     return out
 
 
@@ -85,15 +126,7 @@ def interval_scale(y, mean, samples, level: float) -> np.ndarray:
     ``y``, ``mean``: cells x outputs; ``samples``: n x cells x outputs. A cell above the mean needs
     ``(y - mean) / upper deviation``, one below ``(y - mean) / lower deviation``.
     """
-    y, mean, samples = (np.asarray(a, dtype=np.float64) for a in (y, mean, samples))
-    lo, hi = np.quantile(samples - mean[None], [(1 - level) / 2, (1 + level) / 2], axis=0)
-    e = y - mean
-    tiny = 1e-6 * (np.abs(hi - lo).mean(0, keepdims=True) + 1e-12)
-    need = np.where(e >= 0, e / np.maximum(hi, tiny), e / np.minimum(lo, -tiny))
-    n = len(y)
-    q = min(1.0, level * (n + 1) / n) if n > 0 else level
-    s = np.quantile(need, q, axis=0, method="higher") if n > 0 else np.ones(y.shape[1])
-    return np.clip(np.nan_to_num(s, nan=1.0, posinf=10.0), 0.05, 10.0)
+    return conformal_scale(interval_needs(y, mean, samples, level), level)
 
 
 @torch.no_grad()
@@ -136,23 +169,47 @@ def calibrate_model(model: CosmicModel, va: dict, level: float, n_samples: int =
     return out
 
 
+def interval_needs(y, mean, samples, level: float) -> np.ndarray:
+    """Per cell and output, the factor by which the samples' spread around ``mean`` must be scaled for
+    the central ``level`` interval to reach ``y`` (see :func:`interval_scale`)."""
+    y, mean, samples = (np.asarray(a, dtype=np.float64) for a in (y, mean, samples))
+    lo, hi = np.quantile(samples - mean[None], [(1 - level) / 2, (1 + level) / 2], axis=0)
+    e = y - mean
+    tiny = 1e-6 * (np.abs(hi - lo).mean(0, keepdims=True) + 1e-12)
+    return np.where(e >= 0, e / np.maximum(hi, tiny), e / np.minimum(lo, -tiny)).astype(np.float32)
+
+
+def conformal_scale(needs: np.ndarray, level: float) -> np.ndarray:
+    """Per output, the finite-sample-corrected ``level`` quantile over cells of :func:`interval_needs`."""
+    n = len(needs)
+    q = min(1.0, level * (n + 1) / n) if n > 0 else level
+    s = np.quantile(needs, q, axis=0, method="higher") if n > 0 else np.ones(needs.shape[1])
+    return np.clip(np.nan_to_num(s, nan=1.0, posinf=10.0), 0.05, 10.0)
+
+
 @torch.no_grad()
 def _calibrate_residuals(model, va: dict, level: float, n_samples: int, seed: int) -> dict:
     """:func:`calibrate_model` for the ``diffusion`` method: the spread of each residual diffusion's draws,
-    per output, fitted on validation cells."""
+    per output, fitted on validation cells (drawn a chunk of cells at a time)."""
     modules = model.residual_modules()
     for m in modules.values():
         m.calib_scale.fill_(1.0)
     gen = torch.Generator(device=va["rep"].device).manual_seed(seed + 7919)
-    pred = model.predict_tensors(va, n_samples, gen)
     joint = ("rep", "morph") if model.use_fm else ("rep",)
-    observed = dict(expr=va["expr"], morph_target=model.morph_target(va))
-    means = dict(expr=pred["expr_mean"], morph_target=torch.cat([pred[f"{k}_mean"] for k in joint], -1))
-    samples = dict(expr=pred["expr_samples"], morph_target=torch.cat([pred[f"{k}_samples"] for k in joint], -1))
+    needs = {key: [] for key in modules}
+    width = max(va["expr"].shape[1], model.morph_target(va).shape[1])
+    for cells in cell_chunks(len(va["rep"]), n_samples, width):
+        chunk = {k: v[cells] for k, v in va.items()}
+        pred = model.predict_tensors(chunk, n_samples, gen)
+        observed = dict(expr=chunk["expr"], morph_target=model.morph_target(chunk))
+        means = dict(expr=pred["expr_mean"], morph_target=torch.cat([pred[f"{k}_mean"] for k in joint], -1))
+        samples = dict(expr=pred["expr_samples"], morph_target=torch.cat([pred[f"{k}_samples"] for k in joint], -1))
+        for key in modules:
+            needs[key].append(interval_needs(observed[key].cpu().numpy(), means[key].cpu().numpy(),
+                                             samples[key].cpu().numpy(), level))
     out = {}
     for key, module in modules.items():
-        scale = interval_scale(observed[key].cpu().numpy(), means[key].cpu().numpy(), samples[key].cpu().numpy(),
-                               level)
+        scale = conformal_scale(np.concatenate(needs[key]), level)
         module.calib_scale.copy_(torch.as_tensor(scale))
         out["expression" if key == "expr" else "morphology_representation"] = dict(
             median=float(np.median(scale)), min=float(scale.min()), max=float(scale.max()))

@@ -84,7 +84,9 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
     fit = fit_cosmic(cells.cohort, cells.split, params, outdir=outdir_model, progress=progress)
     pre = fit["preprocessor"]
     train_cells, test_cells = cells.part("train"), cells.part("test")
-    predictions = predict(fit["model"], pre, test_cells, params.n_samples, seed=params.seed)
+    predictions = predict(fit["model"], pre, test_cells, params.n_samples, seed=params.seed,
+                          keep=max(params.n_output_samples, params.evaluation_params.n_generated, 1),
+                          level=params.interval_level)
     held = evaluate.HeldOut.from_predictions(predictions, pre.transform(train_cells), pre.kind,
                                              params.knn_neighbors)
     results, per_gene, table, confusion = _evaluate(cells, held, predictions, fit, params)

@@ -85,7 +85,9 @@ def run_split(cohort, params, split: int, table_path, outdir_model=None, fitted_
         cells = split_cohort(cohort, params)
         model, pre = _fitted(cells, params, outdir_model, fitted_model, progress)
         train_cells, test_cells = cells.part("train"), cells.part("test")
-        predictions = predict(model, pre, test_cells, params.n_samples, seed=params.seed)
+        predictions = predict(model, pre, test_cells, params.n_samples, seed=params.seed,
+                              keep=max(params.n_output_samples, params.evaluation_params.n_generated),
+                              level=params.interval_level)
         train = pre.transform(train_cells)
         pc_std = pre.state["pc_std"]
         _, labels, _ = celltypes.rna_labels(train_cells, test_cells, train["rna"] * pc_std,

@@ -108,11 +108,15 @@ def coverage_rows(data: SplitData, level: float) -> list[dict]:
     the central ``level`` interval of its samples, per direction (metric ``interval_coverage``; ideal:
     ``level``; the spread was calibrated on validation cells only)."""
     rows = []
+    counted = data.predictions.get("coverage") or {}
     for direction, target in (("rna_from_morphology", "expr"), ("morphology_from_rna", "morph")):
         samples = data.predictions.get(f"{target}_samples")
-        if samples is None or len(samples) < 2:
+        if target in counted:  # counted over every draw while sampling (see crossmodal.prediction.predict)
+            coverage = counted[target]
+        elif samples is not None and len(samples) >= 2:
+            coverage = M.interval_coverage(data.test[target], samples, level)["coverage"]
+        else:
             continue
-        coverage = M.interval_coverage(data.test[target], samples, level)["coverage"]
         rows += metric_rows(direction, "features", "cosmic", {"interval_coverage": coverage}, data.sizes)
     return rows
 
