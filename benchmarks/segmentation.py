@@ -153,7 +153,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
                 "group": name, "method": method, "images": len(s),
                 "F1 pooled": 2 * s["n_matched"].sum() / (s["n_pred"].sum() + s["n_true"].sum()),
                 "F1 mean": s["f1"].mean(),
-                "MPix/s": s["megapixels"].sum() / s["seconds"].sum(),
+                "MPix/s/core": s["megapixels"].sum() / s["seconds"].sum(),
                 "auto/truth d": (s["auto_diameter"] / s["truth_diameter"]).median() if method == "auto" else np.nan,
                 "peak MiB": s["peak_mib"].max(),
             })
@@ -196,7 +196,8 @@ def main(argv=None):
         estimate_nucleus_diameter(img)
         t0 = time.perf_counter()
         estimate_nucleus_diameter(img)
-        print(f"\ndiameter estimate alone ({collection}): {img.size / 1e6 / (time.perf_counter() - t0):.0f} MPix/s")
+        rate = img.size / 1e6 / (time.perf_counter() - t0)
+        print(f"\ndiameter estimate alone ({collection}): {rate:.0f} MPix/s per core")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process max RSS: {rss:.0f} MiB (includes the loaded data sets)")
 

@@ -41,6 +41,7 @@ rule cosmic:
         runtime=120,
     params:
         cosmic=config["cosmic"],
+        samples=list(SAMPLES.index),
     script:
         "../scripts/cosmic_model.py"
 

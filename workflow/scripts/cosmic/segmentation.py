@@ -488,8 +488,9 @@ def segment_image_file(
     holding several of them are split (see :func:`split_at_positions`). ``info``: a dict to
     fill as in :func:`segment_nuclei` (plus ``split_at_positions``); the diameter used and its
     source are also stored in the mask's TIFF description. ``compare_estimate``: also measure the
-    diameter on this image and warn when it is far from the one used (the run's reference
-    diameter), e.g. when images of another magnification are mixed in.
+    diameter on this image; when it is outside 0.75-1.33 x the given one (the run's reference),
+    e.g. an image of another magnification mixed into a sample, segment with the image's own
+    estimate and warn (``diameter_source`` becomes ``auto``).
     """
     from .imageio import read_image
 
@@ -497,9 +498,13 @@ def segment_image_file(
         params = SegmentationParams.from_config(params)
     image = read_image(image_path, dna_channel=dna_channel, z_projection=z_projection, sample=sample)
     record = {}
+    own = None
     if compare_estimate and params.fixed_diameter is not None:
-        _compare_with_image(image.dna, params.fixed_diameter, record, describe(image_path, sample))
+        own = _compare_with_image(image.dna, params.fixed_diameter, record, describe(image_path, sample))
+        own, params = (own, params.with_diameter(own)) if own != params.fixed_diameter else (None, params)
     labels = segment_nuclei(image.dna, params, info=record, name=describe(image_path, sample))
+    if own is not None:
+        record["diameter_source"] = "auto"
     if positions_yx is not None:
         used = params.with_diameter(record["nucleus_diameter"])
         labels, record["split_at_positions"] = split_at_positions(labels, positions_yx, min_area=used.area_min)
@@ -510,14 +515,20 @@ def segment_image_file(
     return int(labels.max())
 
 
-def _compare_with_image(dna, diameter: float, record: dict, where: str) -> None:
-    """Record this image's own diameter estimate; warn when it is outside 0.75-1.33 x ``diameter``."""
+def _compare_with_image(dna, diameter: float, record: dict, where: str) -> float:
+    """The diameter to segment this image with: ``diameter`` (the run's reference), or this image's
+    own estimate when that is outside ``SAME_SCALE`` x the reference (another magnification mixed
+    into the sample), with a warning naming the image. The estimate is recorded either way."""
+    from .segmentation_size import SAME_SCALE
+
     estimate = estimate_nucleus_diameter(dna)
     record["image_diameter_estimate"] = estimate
-    if math.isfinite(estimate) and not 0.75 <= estimate / diameter <= 1.33:
-        warnings.warn(f"{where}: nuclei look {estimate:.0f} px across but the run segments with {diameter:.0f} px "
-                      "(the reference diameter). If this image has another magnification, set "
-                      "segmentation.nucleus_diameter: per_image.", SegmentationWarning, stacklevel=3)
+    if math.isfinite(estimate) and not SAME_SCALE[0] <= estimate / diameter <= SAME_SCALE[1]:
+        warnings.warn(f"{where}: nuclei look {estimate:.0f} px across but the run's reference diameter is "
+                      f"{diameter:.0f} px (another magnification?); segmenting this image with its own "
+                      f"{estimate:.0f} px.", SegmentationWarning, stacklevel=3)
+        return estimate
+    return diameter
 
 
 if __name__ == "__main__":  # python -m cosmic.segmentation IMAGES_DIR OUT_DIR [options]

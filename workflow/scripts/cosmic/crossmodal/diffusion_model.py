@@ -74,9 +74,13 @@ class DiffusionCosmicModel(nn.Module):
     method = "diffusion"
 
     def __init__(self, rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int,
-                 params: CosmicParams, use_fm: bool):
+                 params: CosmicParams, use_fm: bool, tail=None):
         super().__init__()
         p = params
+        # the foundation encoder's last stages, fine-tuned with the expression head (crossmodal.finetune)
+        self.tail = tail
+        self.register_buffer("fm_mean", torch.zeros(rep_dim))
+        self.register_buffer("fm_std", torch.ones(rep_dim))
         self.rep_dim, self.morph_dim, self.use_fm = rep_dim, morph_dim, use_fm
         target_dim = rep_dim + (morph_dim if use_fm else 0)
         self.expr_head = MeanHead(rep_dim + cov_dim, n_genes, p.hidden_dim, p.n_layers, p.dropout, p.head_rank)
@@ -97,6 +101,7 @@ class DiffusionCosmicModel(nn.Module):
             weight[rep_dim:] = (rep_dim / max(1, morph_dim)) ** 0.5
         self.register_buffer("residual_weight", weight)
         self.phase = PHASES[0]
+        self.tail_spec = None  # set by the caller with the tail (how load_model rebuilds it)
 
     def init_from_pca(self, pre: Preprocessor):
         st = pre.state
@@ -104,6 +109,9 @@ class DiffusionCosmicModel(nn.Module):
             self.gene_mean.copy_(torch.from_numpy(st["gene_mean"]))
             self.pca_map.copy_(torch.from_numpy(st["components"].T / st["pc_std"][None, :]))
             self.expr_head.bias.copy_(self.gene_mean)
+            if "fm_mean" in st:
+                self.fm_mean.copy_(torch.from_numpy(st["fm_mean"]))
+                self.fm_std.copy_(torch.from_numpy(st["fm_std"]))
             self.expr_head.init_factors(torch.from_numpy(st["components"] * st["pc_std"][:, None]))
             self.morph_head.bias.zero_()  # standardised targets
 
@@ -114,10 +122,13 @@ class DiffusionCosmicModel(nn.Module):
     def rna_embedding(self, expr: torch.Tensor) -> torch.Tensor:
         return (expr - self.gene_mean) @ self.pca_map
 
-    @staticmethod
-    def conditions(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(morphology condition, RNA condition) of a batch."""
-        return torch.cat([b["rep"], b["cov"]], 1), torch.cat([b["rna"], b["cov"]], 1)
+    def conditions(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(morphology condition, RNA condition) of a batch; with a fine-tuned encoder tail the morphology
+        condition is its embedding of the batch's cached stage inputs (standardised like ``X_fm``)."""
+        rep = b["rep"]
+        if self.tail is not None and "tail" in b:
+            rep = (self.tail(b["tail"]) - self.fm_mean) / self.fm_std
+        return torch.cat([rep, b["cov"]], 1), torch.cat([b["rna"], b["cov"]], 1)
 
     def morph_target(self, b: dict) -> torch.Tensor:
         return torch.cat([b["rep"], b["morph"]], 1) if self.use_fm else b["rep"]
@@ -143,7 +154,8 @@ class DiffusionCosmicModel(nn.Module):
                 + self.morph_residual.loss(b["morph_residual"], c_r)).mean()
 
     def phase_parameters(self, phase: str) -> list:
-        modules = dict(expr_head=[self.expr_head], morph_head=[self.morph_head],
+        modules = dict(expr_head=[self.expr_head] + ([self.tail] if self.tail is not None else []),
+                       morph_head=[self.morph_head],
                        residual=[self.expr_residual, self.morph_residual])[phase]
         return [p for m in modules for p in m.parameters()]
 
@@ -191,4 +203,4 @@ class DiffusionCosmicModel(nn.Module):
     def dims(self) -> dict:
         return dict(rep_dim=self.rep_dim, rna_dim=self.pca_map.shape[1], n_genes=self.gene_mean.shape[0],
                     morph_dim=self.morph_dim, cov_dim=self.expr_head.linear.in_features - self.rep_dim,
-                    use_fm=self.use_fm, method=self.method)
+                    use_fm=self.use_fm, method=self.method, tail=self.tail_spec)

@@ -18,7 +18,8 @@ CHECKPOINT = "checkpoint.pt"  # resumable training state
 MODEL = "model.pt"  # final model (best validation state + preprocessor + params)
 
 METHODS = ("diffusion", "cvae")
-_INTEGER_MINIMA = (("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2), ("diffusion_layers", 1),
+_INTEGER_MINIMA = (("finetune_blocks", 0), ("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2),
+                   ("diffusion_layers", 1),
                    ("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
                    ("epochs", 0), ("batch_size", 1), ("patience", 1), ("n_samples", 2), ("n_output_samples", 0),
                    ("n_clusters", 2), ("knn_neighbors", 1), ("n_bootstrap", 0), ("seed", 0), ("num_threads", 0))
@@ -45,6 +46,7 @@ class CosmicParams:
     diffusion_steps: int = 20  # diffusion: denoising steps (cosine schedule, x0 prediction)
     diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
     diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
+    finetune_blocks: int = 0  # diffusion + X_fm: last encoder stages trained with the expression head
     condition_noise: float = 2.0  # diffusion: SD of the noise added to the (standardised) condition in training
     epochs: int = 300
     batch_size: int = 128
@@ -132,7 +134,8 @@ class CosmicParams:
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
 TRAINING_KEYS = ("method", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
-                 "diffusion_dropout", "condition_noise", "representation", "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
+                 "diffusion_dropout", "condition_noise", "finetune_blocks", "representation", "n_rna_pcs", "n_hvg",
+                 "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")
 

@@ -68,6 +68,7 @@ class Preprocessor:
                   covariate_levels={})
         if named(self.representation) == FM:
             st["fm_mean"], st["fm_std"] = fit_scaler(np.asarray(adata.obsm[FM.obsm_key], dtype=np.float32))
+            st["tail"] = "X_fm_tail" in adata.obsm  # cached inputs of the encoder stages fine-tuned downstream
         for c in self.covariates:
             if c not in adata.obs:
                 raise CosmicInputError(f"cosmic.covariates names '{c}', which is not an obs column of the cohort; "
@@ -136,8 +137,11 @@ class Preprocessor:
         """All model inputs for the cells of ``adata``."""
         self._check()
         expr = self.expression(adata)
-        return dict(expr=expr, rna=self.rna_embedding(expr), rep=self.representation_of(adata),
-                    morph=self.morph_features(adata), cov=self.covariate_matrix(adata))
+        out = dict(expr=expr, rna=self.rna_embedding(expr), rep=self.representation_of(adata),
+                   morph=self.morph_features(adata), cov=self.covariate_matrix(adata))
+        if self.state.get("tail"):
+            out["tail"] = np.asarray(adata.obsm["X_fm_tail"], dtype=np.float32)
+        return out
 
     # -- persistence -----------------------------------------------------------------
     def state_dict(self) -> dict:

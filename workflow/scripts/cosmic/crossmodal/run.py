@@ -29,7 +29,7 @@ CONFUSION_TABLE = "cell_type_confusion.tsv"  # written beside metrics.json
 
 def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params=None,
                figures_dir=None, decode_images: Callable[[np.ndarray], np.ndarray] | None = None,
-               truth=None, progress: bool = True, generated_images=None) -> dict:
+               truth=None, progress: bool = True, generated_images=None, finetune_inputs=None) -> dict:
     """Split, fit, evaluate on held-out test cells only, and write the stage outputs.
 
     ``cohort``: AnnData or path of ``paired/cohort.h5ad``. ``params``: :class:`CosmicParams` or the
@@ -38,7 +38,9 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     to ``generated_images`` (default: ``<predictions>_generated_images.npy``). ``truth``: demo ground
     truth (see :func:`cosmic.truth.crossmodal.load_truth`). Returns the metrics dictionary (also
     written to ``metrics_path``); also writes ``cell_type_confusion.tsv`` next to it and, with
-    ``figures_dir``, the figures of :data:`cosmic.layout.COSMIC_FIGURES`.
+    ``figures_dir``, the figures of :data:`cosmic.layout.COSMIC_FIGURES`. ``finetune_inputs``:
+    ``(foundation model, crop banks by sample)`` when ``params.finetune_blocks`` > 0 (see
+    :mod:`cosmic.crossmodal.finetune`).
     BLAS/OpenMP pools are capped at ``params.num_threads`` (0: no cap) for the whole stage: the
     matrices are small and oversubscribed BLAS threads are many times slower on a shared node.
     """
@@ -47,7 +49,7 @@ def run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_pa
     params = params if isinstance(params, CosmicParams) else CosmicParams.from_config(params or {})
     with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
         return _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params,
-                           figures_dir, decode_images, truth, progress, generated_images)
+                           figures_dir, decode_images, truth, progress, generated_images, finetune_inputs)
 
 
 @dataclass
@@ -78,9 +80,13 @@ def split_cohort(cohort, params: CosmicParams) -> Cells:
 
 
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
-                decode_images, truth, progress, generated_images=None) -> dict:
+                decode_images, truth, progress, generated_images=None, finetune_inputs=None) -> dict:
     started = time.time()
     cells = split_cohort(cohort, params)
+    if params.finetune_blocks > 0 and finetune_inputs is not None and finetune_inputs[1]:
+        from .finetune import attach_tail_inputs
+
+        attach_tail_inputs(cells.cohort, *finetune_inputs, params.finetune_blocks)
     fit = fit_cosmic(cells.cohort, cells.split, params, outdir=outdir_model, progress=progress)
     pre = fit["preprocessor"]
     train_cells, test_cells = cells.part("train"), cells.part("test")

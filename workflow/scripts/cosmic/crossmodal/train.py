@@ -177,11 +177,31 @@ def load_checkpoint(path: Path | None, device) -> dict | None:
 
 
 def build_model(rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int, params: CosmicParams,
-                use_fm: bool):
-    """The network of ``params.method``: ``diffusion`` (mean heads + residual diffusion) or ``cvae``."""
+                use_fm: bool, tail=None, tail_spec: dict | None = None):
+    """The network of ``params.method``: ``diffusion`` (mean heads + residual diffusion; with ``tail``, the
+    foundation encoder's last stages fine-tuned with the expression head) or ``cvae``. ``tail_spec``
+    rebuilds the tail's architecture when ``tail`` is not given (loading a saved model)."""
     if params.method == "diffusion":
-        return DiffusionCosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm)
+        if tail is None and tail_spec is not None:
+            from ..foundation.tail import tail_from_spec
+
+            tail = tail_from_spec(tail_spec)
+        model = DiffusionCosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm, tail)
+        model.tail_spec = tail_spec
+        return model
     return CosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm)
+
+
+def _tail_for(adata, pre, params):
+    """The encoder tail to fine-tune (and its spec), when asked for and prepared (see crossmodal.finetune)."""
+    from .finetune import TAIL_UNS, tail_of
+
+    if params.method != "diffusion" or params.finetune_blocks <= 0 or not pre.state.get("tail"):
+        if params.finetune_blocks > 0 and params.method == "diffusion":
+            log.warning("cosmic: finetune_blocks = %d but no cached encoder inputs (needs the foundation embedding "
+                        "and crop banks); the encoder is not fine-tuned", params.finetune_blocks)
+        return None, None
+    return tail_of(adata), adata.uns[TAIL_UNS]["spec"]
 
 
 def _train_model(model, pre, params, fingerprint, outdir, resume, device, train, val, progress) -> dict:
@@ -230,8 +250,10 @@ def _fit(adata, split, params, outdir, progress, resume, device):
     train = to_tensors(pre.transform(adata[train_mask]), device)
     val = to_tensors(pre.transform(adata[val_mask]), device)
     _seed_all(params.seed)
+    tail, tail_spec = _tail_for(adata, pre, params)
     model = build_model(train["rep"].shape[1], train["rna"].shape[1], train["expr"].shape[1],
-                        train["morph"].shape[1], train["cov"].shape[1], params, use_fm=kind.is_foundation)
+                        train["morph"].shape[1], train["cov"].shape[1], params, use_fm=kind.is_foundation,
+                        tail=tail, tail_spec=tail_spec)
     model.init_from_pca(pre)
     if hasattr(model, "set_expr_variance"):
         model.set_expr_variance(train["expr"])
@@ -270,7 +292,7 @@ def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicPa
     params = CosmicParams.from_config(d["params"])
     dims = d["dims"]
     model = build_model(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
-                        params, dims["use_fm"])
+                        params, dims["use_fm"], tail_spec=dims.get("tail"))
     missing, unexpected = model.load_state_dict(d["model"], strict=False)
     if unexpected or any(not k.endswith("calib_scale") for k in missing):
         raise CosmicInputError(f"{path}: not a model of this COSMIC version (missing {missing}, unexpected "

@@ -83,6 +83,10 @@ def run_split(cohort, params, split: int, table_path, outdir_model=None, fitted_
     params = split_params(params, split)
     with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
         cells = split_cohort(cohort, params)
+        if params.finetune_blocks > 0 and images is not None:
+            from ..crossmodal.finetune import attach_tail_inputs
+
+            attach_tail_inputs(cells.cohort, images.foundation, images.banks, params.finetune_blocks)
         model, pre = _fitted(cells, params, outdir_model, fitted_model, progress)
         train_cells, test_cells = cells.part("train"), cells.part("test")
         predictions = predict(model, pre, test_cells, params.n_samples, seed=params.seed,

@@ -20,38 +20,10 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import CosmicInputError
+from ..cell_crops import CellCrops
 from .params import GenerateParams
 
 log = logging.getLogger(__name__)
-
-
-class CellCrops:
-    """The crops of given cells (obs ``sample``, ``crop_index``) as one N x C x S x S array-like over the
-    per-sample crop banks, read a minibatch at a time (memory-mapped; nothing is copied up front)."""
-
-    def __init__(self, banks: dict, samples: np.ndarray, crop_index: np.ndarray):
-        missing = sorted(set(map(str, samples)) - set(banks))
-        if missing:
-            raise CosmicInputError(f"generate: no crop bank for sample(s) {missing}; the rule's crop inputs must "
-                                   "cover every sample of the cohort")
-        self.banks = {s: np.load(p, mmap_mode="r") for s, p in banks.items()}
-        self.samples, self.crop_index = np.asarray(samples).astype(str), np.asarray(crop_index, dtype=np.int64)
-        first = next(iter(self.banks.values()))
-        self.shape = (len(self.samples),) + tuple(first.shape[1:])
-        self.dtype = np.float32
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx) -> np.ndarray:
-        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
-        out = np.empty((len(idx),) + self.shape[1:], dtype=np.float32)
-        for sample in np.unique(self.samples[idx]):
-            rows = np.flatnonzero(self.samples[idx] == sample)
-            index = self.crop_index[idx[rows]]
-            order = np.argsort(index, kind="stable")
-            out[rows[order]] = self.banks[sample][index[order]]
-        return out
 
 
 def split_latents(cohort, cosmic_params, split: int):
