@@ -276,7 +276,8 @@ def _fit(adata, split, params, outdir, progress, resume, device):
 def save_model(result: dict, params: CosmicParams, path):
     """Write the final model: weights, preprocessor state, params and architecture sizes."""
     m = result["model"]
-    dims = m.dims() if hasattr(m, "dims") else dict(rep_dim=m.r2m.mean_head.out_features, rna_dim=m.m2r.mean_head.out_features,
+    dims = m.dims() if hasattr(m, "dims") else dict(
+                rep_dim=m.r2m.mean_head.out_features, rna_dim=m.m2r.mean_head.out_features,
                 n_genes=m.expr_decoder.linear.out_features,
                 morph_dim=m.morph_decoder.linear.out_features if m.use_fm else m.r2m.mean_head.out_features,
                 cov_dim=m.m2r.cond[0].in_features - m.r2m.mean_head.out_features, use_fm=m.use_fm)

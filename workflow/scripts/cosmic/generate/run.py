@@ -134,7 +134,8 @@ def run_generate_figures(cohort, crop_banks: dict, cosmic_params, model_path, ge
     if (rows < 0).any():
         raise CosmicInputError(f"{generated_path}: generated cells missing from the cohort; re-run generate_split")
     obs = cells.cohort.obs
-    real = CellCrops(crop_banks, obs["sample"].to_numpy()[rows], obs["crop_index"].to_numpy()[rows])[np.arange(len(rows))]
+    real_crops = CellCrops(crop_banks, obs["sample"].to_numpy()[rows], obs["crop_index"].to_numpy()[rows])
+    real = real_crops[np.arange(len(rows))]
     generated = to_bank_geometry(out["generated"], out["channels"], real.shape[1], real.shape[-1])
     figures.real_vs_generated_figure(real[:, dna_channel], generated[:, :, dna_channel],
                                      _groups(cells, latent, pre, params, rows), figure_paths["generated_vs_real"])
