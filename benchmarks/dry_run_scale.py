@@ -19,11 +19,9 @@ slurm_cpu_s workflow``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
-import stat
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from conftest import write_fake_conda  # noqa: E402  (the tests' stand-in conda)
 from cosmic.demo import write_ome_tiff  # noqa: E402
 
 
@@ -67,25 +67,6 @@ def build_sample(workdir: Path, n_images: int, rows_per_image: int, size: int = 
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def fake_conda(workdir: Path) -> dict:
-    """PATH with a `conda` answering the version and platform checks a conda profile makes."""
-    bindir = workdir / "bin"
-    bindir.mkdir()
-    info = json.dumps({"conda_prefix": str(workdir / "conda"), "platform": "linux-64"})
-    script = bindir / "conda"
-    script.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  'info --json') echo '{info}' ;;\n"
-        "  '--version') echo 'conda 25.1.1' ;;\n"
-        "  'config --get channel_priority --json') echo '{\"get\": {\"channel_priority\": \"strict\"}}' ;;\n"
-        "  *) exit 1 ;;\n"
-        "esac\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
 
 
 def dry_run(workflow: Path, workdir: Path, config: Path, *extra, env=None):
@@ -135,7 +116,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(prefix="dry_run_scale_") as tmp:
             workdir = Path(tmp)
             config = build_sample(workdir, n_images, args.rows_per_image)
-            env = fake_conda(workdir)
+            env = write_fake_conda(workdir)
             for workflow in args.workflow:
                 wall, cpu, counts, _ = dry_run(workflow, workdir, config)
                 slurm_wall, slurm_cpu, _, output = dry_run(

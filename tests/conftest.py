@@ -30,16 +30,12 @@ def run_snakemake(*args, cwd=REPO, env=None, timeout=900) -> subprocess.Complete
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def fake_conda(tmp_path) -> dict:
-    """An environment whose PATH has a minimal ``conda`` answering Snakemake's startup checks.
-
-    conda is not installed on CI machines; a dry run with ``--software-deployment-method conda``
-    (as the SLURM profile sets it) only asks conda for its version and platform.
-    """
-    bindir = tmp_path / "fake_conda_bin"
+def write_fake_conda(folder) -> dict:
+    """A copy of ``os.environ`` whose PATH has a minimal ``conda`` (written into ``folder``) answering
+    Snakemake's startup checks. Shared with ``benchmarks/dry_run_scale.py``."""
+    bindir = Path(folder) / "fake_conda_bin"
     bindir.mkdir()
-    info = json.dumps({"conda_prefix": str(tmp_path / "conda"), "platform": "linux-64"})
+    info = json.dumps({"conda_prefix": str(Path(folder) / "conda"), "platform": "linux-64"})
     script = bindir / "conda"
     script.write_text(
         "#!/bin/sh\n"
@@ -54,3 +50,13 @@ def fake_conda(tmp_path) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
     return env
+
+
+@pytest.fixture
+def fake_conda(tmp_path) -> dict:
+    """An environment whose PATH has a minimal ``conda`` answering Snakemake's startup checks.
+
+    conda is not installed on CI machines; a dry run with ``--software-deployment-method conda``
+    (as the SLURM profile sets it) only asks conda for its version and platform.
+    """
+    return write_fake_conda(tmp_path)

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cosmic.errors import CosmicInputError
 from cosmic.generate import run as G
 from test_crossmodal import synthetic_cohort
-from test_generate import TINY
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_generate import TINY, one_thread  # noqa: F401  (autouse: one torch thread here too)
 
 
 def _cohort_with_banks(tmp_path, n=90):

@@ -10,8 +10,9 @@
   foundation embedding (so generated features and embeddings come from one joint draw), with a
   residual diffusion over all of them.
 
-Training has two phases (:mod:`cosmic.crossmodal.train`): the mean heads with early stopping on
-validation cells, then (heads frozen) the residual diffusion models on the training residuals.
+Training has three phases (:data:`PHASES`, :mod:`cosmic.crossmodal.train`): the expression head, the
+morphology head, each with early stopping on validation cells, then (heads frozen) the residual
+diffusion models on the training residuals.
 """
 
 from __future__ import annotations
@@ -20,19 +21,12 @@ import torch
 from torch import nn
 
 from .diffusion import ResidualDiffusion
+from .nets import _mlp
 from .params import CosmicParams
 from .preprocess import Preprocessor
 
 # trained one after the other, each with its own early stopping on validation cells
 PHASES = ("expr_head", "morph_head", "residual")
-
-
-def _mlp(d_in: int, hidden: int, n_layers: int, dropout: float) -> nn.Sequential:
-    layers, d = [], d_in
-    for _ in range(n_layers):
-        layers += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)]
-        d = hidden
-    return nn.Sequential(*layers)
 
 
 class MeanHead(nn.Module):
@@ -74,11 +68,11 @@ class DiffusionCosmicModel(nn.Module):
     method = "diffusion"
 
     def __init__(self, rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_dim: int,
-                 params: CosmicParams, use_fm: bool, tail=None):
+                 params: CosmicParams, use_fm: bool, tail=None, tail_spec: dict | None = None):
         super().__init__()
         p = params
         # the foundation encoder's last stages, fine-tuned with the expression head (crossmodal.finetune)
-        self.tail = tail
+        self.tail, self.tail_spec = tail, tail_spec  # the spec rebuilds the tail when a saved model loads
         self.register_buffer("fm_mean", torch.zeros(rep_dim))
         self.register_buffer("fm_std", torch.ones(rep_dim))
         self.rep_dim, self.morph_dim, self.use_fm = rep_dim, morph_dim, use_fm
@@ -101,7 +95,6 @@ class DiffusionCosmicModel(nn.Module):
             weight[rep_dim:] = (rep_dim / max(1, morph_dim)) ** 0.5
         self.register_buffer("residual_weight", weight)
         self.phase = PHASES[0]
-        self.tail_spec = None  # set by the caller with the tail (how load_model rebuilds it)
 
     def init_from_pca(self, pre: Preprocessor):
         st = pre.state

@@ -15,9 +15,10 @@ import logging
 import numpy as np
 import torch
 
+from .preprocess import TAIL_KEY  # obsm: cached inputs of the encoder's last stages
+
 log = logging.getLogger(__name__)
 
-TAIL_KEY = "X_fm_tail"  # obsm: cached inputs of the encoder's last stages
 TAIL_UNS = "fm_tail"  # uns: their architecture ("spec") and weights ("state")
 
 

@@ -70,7 +70,7 @@ def predict(model: CosmicModel, pre: Preprocessor, adata, n_samples: int = 100, 
     tensors = to_tensors(observed, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     keep = n_samples if keep is None else max(1, min(int(keep), n_samples))
-    width = max(v.shape[1] for v in observed.values())
+    width = max(observed[k].shape[1] for k in COVERED)  # the sampled outputs
     parts, counts = [], {k: [0.0, 0] for k in COVERED}
     for cells in cell_chunks(len(observed["expr"]), n_samples, width):
         chunk = _predict_tensors(model, {k: v[cells] for k, v in tensors.items()}, n_samples, gen)

@@ -12,6 +12,8 @@ import scipy.sparse as sp
 from ..errors import CosmicInputError
 from .representation import FM, MORPH, Representation, named
 
+TAIL_KEY = "X_fm_tail"  # obsm: cached inputs of the encoder stages fine-tuned downstream (crossmodal.finetune)
+
 
 def dense(x) -> np.ndarray:
     """A float32 numpy array of a dense or sparse matrix."""
@@ -68,7 +70,7 @@ class Preprocessor:
                   covariate_levels={})
         if named(self.representation) == FM:
             st["fm_mean"], st["fm_std"] = fit_scaler(np.asarray(adata.obsm[FM.obsm_key], dtype=np.float32))
-            st["tail"] = "X_fm_tail" in adata.obsm  # cached inputs of the encoder stages fine-tuned downstream
+            st["tail"] = TAIL_KEY in adata.obsm
         for c in self.covariates:
             if c not in adata.obs:
                 raise CosmicInputError(f"cosmic.covariates names '{c}', which is not an obs column of the cohort; "
@@ -140,7 +142,7 @@ class Preprocessor:
         out = dict(expr=expr, rna=self.rna_embedding(expr), rep=self.representation_of(adata),
                    morph=self.morph_features(adata), cov=self.covariate_matrix(adata))
         if self.state.get("tail"):
-            out["tail"] = np.asarray(adata.obsm["X_fm_tail"], dtype=np.float32)
+            out["tail"] = np.asarray(adata.obsm[TAIL_KEY], dtype=np.float32)
         return out
 
     # -- persistence -----------------------------------------------------------------

@@ -186,9 +186,7 @@ def build_model(rep_dim: int, rna_dim: int, n_genes: int, morph_dim: int, cov_di
             from ..foundation.tail import tail_from_spec
 
             tail = tail_from_spec(tail_spec)
-        model = DiffusionCosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm, tail)
-        model.tail_spec = tail_spec
-        return model
+        return DiffusionCosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm, tail, tail_spec)
     return CosmicModel(rep_dim, rna_dim, n_genes, morph_dim, cov_dim, params, use_fm)
 
 
