@@ -7,12 +7,19 @@ import os
 import stat
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+# The end-to-end runs write under a results folder with a space and a shell command substitution
+# in its name: no step may pass a path through a shell unquoted (the command would create PWNED).
+HOSTILE_RESULTS = "results dir $(touch PWNED)"
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 
@@ -60,3 +67,34 @@ def fake_conda(tmp_path) -> dict:
     (as the SLURM profile sets it) only asks conda for its version and platform.
     """
     return write_fake_conda(tmp_path)
+
+
+@dataclass
+class WorkflowRun:
+    workdir: Path
+    results: Path
+    config: Path
+    process: subprocess.CompletedProcess
+    wall_s: float
+
+
+def write_test_config(workdir: Path, results: str = HOSTILE_RESULTS) -> Path:
+    """The .test configuration with ``results:`` set to ``results``, written into ``workdir``."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["results"] = results
+    path = Path(workdir) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_test_run(tmp_path_factory) -> WorkflowRun:
+    """The whole workflow on the .test config in a temporary directory, locally on 2 cores
+    (shared by the integration tests and the SLURM test, which compares its outputs to these)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    config = write_test_config(workdir)
+    start = time.perf_counter()
+    process = run_snakemake("--cores", "2", "--configfile", config, "--directory", workdir)
+    wall = time.perf_counter() - start
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return WorkflowRun(workdir, workdir / HOSTILE_RESULTS, config, process, wall)

@@ -8,16 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import HOSTILE_RESULTS, REPO, run_snakemake
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    result = run_snakemake("--cores", "2", "--configfile", REPO / ".test/config/config.yaml",
-                           "--directory", workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir / "results", result
+def finished_run(local_test_run):
+    return local_test_run.results, local_test_run.config
+
+
+def test_no_path_reaches_a_shell_unquoted(finished_run):
+    """The results folder's name holds a space and `$(touch PWNED)`: the run completed (the fixture
+    asserts it) and nothing was executed, in the working directory or anywhere below it."""
+    results, _ = finished_run
+    assert results.is_dir() and " " in results.name
+    assert not list(results.parent.rglob("PWNED"))
+    assert not list(results.parent.parent.glob("PWNED"))
 
 
 def test_every_stage_produced_its_outputs(finished_run):
@@ -56,30 +61,40 @@ def test_cohort_opens_in_scanpy(finished_run):
 
 
 def test_rerun_is_a_no_op(finished_run):
-    results, _ = finished_run
-    again = run_snakemake("-n", "--configfile", REPO / ".test/config/config.yaml", "--directory", results.parent)
+    results, config = finished_run
+    again = run_snakemake("-n", "--configfile", config, "--directory", results.parent)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_finished_local_run_moves_to_the_cluster_profile_without_recomputing(finished_run, fake_conda):
+    """README, Running on a SLURM cluster: the profile's switch to conda environments is a software
+    change; planning with the documented rerun triggers keeps every finished output."""
+    results, config = finished_run
+    args = ("-n", "--profile", REPO / "profiles" / "slurm", "--configfile", config, "--directory", results.parent)
+    moved = run_snakemake(*args, "--rerun-triggers", "mtime", "params", "input", "code", env=fake_conda)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "Nothing to be done" in moved.stdout + moved.stderr
 
 
 # Files that must survive a failed or interrupted job, so they are deliberately not rule outputs
 # (Snakemake deletes a failed job's outputs): each model's resume checkpoint, the training log that
 # a resumed run appends to, and the feature targets pretraining streams from (rebuilt when missing).
 # The repeated-evaluation splits keep their whole training folder (resume state and fitted model).
-RESUME_STATE = (
-    "results/models/foundation/last.pt",
-    "results/models/foundation/train_log.tsv",
-    "results/models/foundation/feature_targets.npy",
-    "results/models/cosmic/checkpoint.pt",
-    "results/models/cosmic/training_log.tsv",
-    "results/models/cosmic/splits/*/*",
-    "results/models/generate/split_*/last.pt",
-)
+RESUME_STATE = tuple(f"{HOSTILE_RESULTS}/models/{path}" for path in (
+    "foundation/last.pt",
+    "foundation/train_log.tsv",
+    "foundation/feature_targets.npy",
+    "cosmic/checkpoint.pt",
+    "cosmic/training_log.tsv",
+    "cosmic/splits/*/*",
+    "generate/split_*/last.pt",
+))
 
 
-def declared_files(workdir) -> set[str]:
+def declared_files(workdir, config) -> set[str]:
     """Every output, log and benchmark path of every job, as a forced dry run lists them."""
-    dry = run_snakemake("-n", "-F", "--configfile", REPO / ".test/config/config.yaml", "--directory", workdir)
+    dry = run_snakemake("-n", "-F", "--configfile", config, "--directory", workdir)
     assert dry.returncode == 0, dry.stderr[-2000:]
     declared = set()
     for line in dry.stdout.splitlines():
@@ -93,9 +108,9 @@ def declared_files(workdir) -> set[str]:
 
 def test_every_file_a_rule_writes_is_declared(finished_run):
     """Nothing under results/ is written behind Snakemake's back (it could not rerun or clean it)."""
-    results, _ = finished_run
+    results, config = finished_run
     workdir = results.parent
-    declared = declared_files(workdir)
+    declared = declared_files(workdir, config)
     folders = tuple(f"{path}/" for path in declared)  # directory() outputs
     on_disk = {str(p.relative_to(workdir)) for p in results.rglob("*") if p.is_file()}
     from fnmatch import fnmatch
@@ -114,16 +129,16 @@ def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):
     """The demo data used as a user's sample sheet: up to date; a new sample adds only its jobs."""
     import shutil
 
-    results, _ = finished_run
+    results, config = finished_run
     workdir = results.parent
     sheet = pd.read_csv(results / "demo" / "samples.tsv", sep="\t")
     import yaml
 
-    user_config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    user_config = yaml.safe_load(config.read_text())
     user_config.update(demo=False, samples="user_samples.tsv")
     (workdir / "user.yaml").write_text(yaml.safe_dump(user_config))
     sheet.to_csv(workdir / "user_samples.tsv", sep="\t", index=False)
-    target = "results/paired/cohort.h5ad"
+    target = f"{HOSTILE_RESULTS}/paired/cohort.h5ad"
     same = run_snakemake("-n", target, "--configfile", "user.yaml", "--directory", workdir, cwd=workdir)
     assert same.returncode == 0, same.stderr
     assert "Nothing to be done" in same.stdout + same.stderr
@@ -142,7 +157,7 @@ def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):
     assert job_counts(more.stdout) == {"segment": n_images, "nucleus_diameter": 1, "pairing_by_image": 1,
                                        "nuclei": 1, "rna": 1, "pretrain": 1, "embed": 3, "pair": 3, "cohort": 1,
                                        "total": n_images + 12}
-    assert "output: results/segmentation/demo_control" not in more.stdout
+    assert f"output: {HOSTILE_RESULTS}/segmentation/demo_control" not in more.stdout
 
 
 REPORT_FIGURES = {"qc": 4, "foundation": 2, "cosmic": 2, "cell_cycle": 4, "drug_response": 4}
@@ -164,9 +179,9 @@ def test_reports_are_rendered(finished_run, name):
 
 
 def test_snakemake_report_bundles_key_figures(finished_run):
-    results, _ = finished_run
+    results, config = finished_run
     out = results.parent / "report.html"
-    result = run_snakemake("--report", out, "--configfile", REPO / ".test/config/config.yaml",
+    result = run_snakemake("--report", out, "--configfile", config,
                            "--directory", results.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 50_000

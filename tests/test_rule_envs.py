@@ -24,7 +24,7 @@ IMPORT_NAMES = {"python-igraph": ["igraph"], "pytorch": ["torch"], "scikit-learn
                 "scikit-image": ["skimage"], "matplotlib-base": ["matplotlib", "mpl_toolkits"],
                 "pyyaml": ["yaml"], "pot": ["ot"], "ipykernel": ["ipykernel", "IPython"],
                 "nbconvert": ["nbconvert", "nbformat"]}
-ALWAYS = {"cosmic", "snakemake"}  # the project; Snakemake puts itself on the script's path
+ALWAYS = {"cosmic", "_checkout", "snakemake"}  # the project; Snakemake puts itself on the script's path
 
 BLOCKER = r'''
 import importlib.abc, sys

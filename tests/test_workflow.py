@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, write_test_config
 
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 ENV_FILES = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
@@ -58,6 +58,19 @@ def test_dry_run_slurm_profile(tmp_path, fake_conda):
                            "--directory", tmp_path, env=fake_conda)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo" in result.stdout
+
+
+def test_cluster_run_refuses_paths_a_shell_would_split_or_execute(tmp_path):
+    """Cluster executors put job input paths on the job's command line unquoted: with a results
+    folder holding a space and `$(touch PWNED)`, nothing is submitted or executed, and the error
+    names the offending setting (the local executor runs such a path: tests/test_integration.py)."""
+    config = write_test_config(tmp_path)
+    result = run_snakemake("--executor", "slurm", "--jobs", "1", "--configfile", config, "--directory", tmp_path,
+                           timeout=300)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "cannot run on a cluster executor" in text and "config 'results'" in text
+    assert not list(tmp_path.rglob("PWNED")) and not (tmp_path / ".snakemake" / "slurm_logs").exists()
 
 
 def test_lint_is_clean():

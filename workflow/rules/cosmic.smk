@@ -37,8 +37,8 @@ rule cosmic:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=cosmic_resources.per_attempt(8000),
+        runtime=cosmic_resources.per_attempt(120),
     params:
         cosmic=config["cosmic"],
         samples=list(SAMPLES.index),
@@ -64,8 +64,8 @@ if COSMIC_DECODES_IMAGES:
             "../envs/torch.yaml"
         threads: 1
         resources:
-            mem_mb=4000,
-            runtime=20,
+            mem_mb=cosmic_resources.per_attempt(4000),
+            runtime=cosmic_resources.per_attempt(20),
         params:
             dna_channel=config["imaging"]["dna_channel"],
             samples=list(SAMPLES.index),

@@ -11,8 +11,8 @@ rule demo:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=cosmic_resources.per_attempt(4000),
+        runtime=cosmic_resources.per_attempt(30),
     params:
         settings=config["demo_dataset"],
         outdir=lambda wildcards, output: str(Path(output[0]).parent),

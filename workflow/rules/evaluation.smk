@@ -17,8 +17,8 @@ rule cosmic_split:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=cosmic_resources.per_attempt(8000),
+        runtime=cosmic_resources.per_attempt(120),
     params:
         cosmic=config["cosmic"],
         model_dir=lambda wildcards: f"{RESULTS}/models/cosmic/splits/{wildcards.split}",
@@ -50,6 +50,6 @@ rule cosmic_evaluation:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=cosmic_resources.per_attempt(2000),
     script:
         "../scripts/cosmic_evaluation.py"

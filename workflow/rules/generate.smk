@@ -21,8 +21,8 @@ if GENERATE_IMAGES:
             "../envs/torch.yaml"
         threads: 1
         resources:
-            mem_mb=4000,
-            runtime=120,
+            mem_mb=cosmic_resources.per_attempt(4000),
+            runtime=cosmic_resources.per_attempt(120),
         params:
             cosmic=config["cosmic"],
             generate=config["generate"],
@@ -51,8 +51,8 @@ if GENERATE_IMAGES:
             "../envs/torch.yaml"
         threads: 1
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=cosmic_resources.per_attempt(4000),
+            runtime=cosmic_resources.per_attempt(30),
         params:
             cosmic=config["cosmic"],
             dna_channel=config["imaging"]["dna_channel"],

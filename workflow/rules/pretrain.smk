@@ -20,8 +20,8 @@ rule pretrain:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=cosmic_resources.per_attempt(8000),
+        runtime=cosmic_resources.per_attempt(240),
     params:
         foundation=config["foundation"],
     script:

@@ -21,6 +21,12 @@ rule report_notebook:
         "../scripts/report_notebook.py"
 
 
+# Rendering an executed notebook to HTML takes seconds and little memory: on a cluster it runs
+# on the submitting host rather than as one more queued job per report.
+localrules:
+    report_html,
+
+
 rule report_html:
     input:
         f"{RESULTS}/reports/{{name}}.ipynb",

@@ -20,8 +20,8 @@ rule rna:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=cosmic_resources.per_attempt(8000),
+        runtime=cosmic_resources.per_attempt(60),
     params:
         rna=config["rna"],
         counts_format=lambda wildcards: sample_value(

@@ -59,8 +59,8 @@ rule nucleus_diameter:
     conda:
         "../envs/imaging.yaml"
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=cosmic_resources.per_attempt(2000),
+        runtime=cosmic_resources.per_attempt(20),
     params:
         dna_channel=config["imaging"]["dna_channel"],
         z_projection=config["imaging"]["z_projection"],

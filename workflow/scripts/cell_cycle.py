@@ -1,5 +1,6 @@
 """Rule `cell_cycle`: RNA phase and position, morphology calls, their agreement, figures."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 from pathlib import Path
 

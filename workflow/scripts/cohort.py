@@ -1,5 +1,6 @@
 """Rule `cohort`: concatenate the paired samples into one AnnData."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

@@ -1,5 +1,6 @@
 """Rule `cosmic_evaluation`: every split's scores summarised (summary.tsv, paired.tsv, forest plot)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Rule `cosmic`: fit the cross-modal model, evaluate on held-out cells, write the outputs."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 from functools import partial
 from pathlib import Path

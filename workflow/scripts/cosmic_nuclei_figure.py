@@ -1,5 +1,6 @@
 """Rule `cosmic_nuclei_figure`: held-out real nuclei beside the nuclei generated from their RNA."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 from functools import partial
 from pathlib import Path
 

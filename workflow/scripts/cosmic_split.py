@@ -1,5 +1,6 @@
 """Rule `cosmic_split`: score one held-out split (COSMIC and every baseline; generated nuclei as images)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

@@ -1,5 +1,6 @@
 """Rule `demo`: generate the embedded IRIS-like dataset with its ground truth."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

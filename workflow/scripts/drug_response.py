@@ -1,5 +1,6 @@
 """Rule `drug_response`: treated vs control and resistant vs responsive cells in both modalities."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Rule `embed`: one foundation embedding per nucleus of a sample, in crop-bank order."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

@@ -1,5 +1,7 @@
 """Rule `generate_figures`: the RNA -> nucleus generator's figures for split 0 (test cells only)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
+
 from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])

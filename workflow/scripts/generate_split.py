@@ -1,5 +1,6 @@
 """Rule `generate_split`: train the RNA -> nucleus generator on one split's cells, draw nuclei for its test cells."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 from pathlib import Path
 

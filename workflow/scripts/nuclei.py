@@ -1,5 +1,6 @@
 """Rule `nuclei`: masks + images of one sample -> nuclei.parquet and crops.npy."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

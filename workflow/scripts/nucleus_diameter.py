@@ -1,5 +1,6 @@
 """Rule `nucleus_diameter`: the nucleus diameter one sample is segmented with (segmentation.nucleus_diameter: auto)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

@@ -1,5 +1,6 @@
 """Rule `pair`: join one sample's RNA cells to their nuclei (or to its morphology table)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

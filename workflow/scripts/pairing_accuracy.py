@@ -1,5 +1,6 @@
 """Rule `pairing_accuracy`: how many demo cells were paired to their true nucleus."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

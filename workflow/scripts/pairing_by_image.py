@@ -1,6 +1,7 @@
 """Rule `pairing_by_image`: one sample's pairing table -> one positions file per image (files
 whose rows did not change are left untouched, so their segmentation is not redone)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

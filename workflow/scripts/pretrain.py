@@ -1,5 +1,6 @@
 """Rule `pretrain`: train the nuclei foundation model (resumes from last.pt after a kill)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import json
 import os
 import subprocess

@@ -4,6 +4,8 @@ A script rather than a `jupyter` shell command: it runs with the workflow's own 
 dependency on PATH) and no path is ever passed through a shell.
 """
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
+
 from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])

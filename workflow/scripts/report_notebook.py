@@ -1,5 +1,6 @@
 """Rule `report_notebook`: execute a parametrised notebook with papermill."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import os
 import sys
 from pathlib import Path

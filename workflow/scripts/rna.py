@@ -1,5 +1,6 @@
 """Rule `rna`: count matrix -> QC-filtered, normalised AnnData with embeddings."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

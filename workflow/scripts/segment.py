@@ -1,6 +1,7 @@
 """Rule `segment`: one image -> integer label mask TIFF (or the mask given in the sample sheet,
 checked against the image and imported)."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

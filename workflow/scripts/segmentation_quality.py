@@ -1,5 +1,6 @@
 """Rule `segmentation_quality`: demo masks scored against the generator's true masks."""
 
+import _checkout  # noqa: F401  (this checkout's cosmic package, not an installed copy)
 import sys
 
 from cosmic.logs import log_to_file

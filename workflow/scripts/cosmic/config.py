@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -302,6 +303,34 @@ def check_sample_inputs(sheet: pd.DataFrame) -> None:
             + "\nFix the paths (relative to where snakemake runs) or add the files."
         )
     morphology_mode(sheet)
+
+
+SHEET_PATH_COLUMNS = ("images", "masks", "counts", "pairing", "morphology", "annotations", "embedding")
+
+
+def check_cluster_paths(results: str, sheet: pd.DataFrame, images: dict) -> None:
+    """Fail before anything is submitted when a path would be split or executed on a cluster.
+
+    Snakemake's cluster executors put a job's input files on the job's command line unquoted
+    (``--wait-for-files``, snakemake-interface-executor-plugins 9.4), so a space splits a path and
+    ``$(...)`` or a backtick runs as a command in the job's shell. Local runs quote nothing through a
+    shell and accept such paths.
+    """
+    paths = {"config 'results'": results}
+    for sample, row in sheet.iterrows():
+        for column in SHEET_PATH_COLUMNS:
+            if has_value(row, column):
+                paths[f"sample '{sample}', column '{column}'"] = str(row[column])
+        for name, path in images.get(sample, {}).items():
+            paths[f"sample '{sample}', image '{name}'"] = str(path)
+    unsafe = [f"{where}: '{path}'" for where, path in paths.items() if shlex.quote(path) != path]
+    if unsafe:
+        raise CosmicInputError(
+            "Paths with spaces or shell characters ($, `, ;, quotes, parentheses, ...) cannot run on a cluster "
+            "executor: Snakemake passes job input paths to the job's shell unquoted, which would split or "
+            "execute them.\n  " + "\n  ".join(unsafe[:20])
+            + "\nRename them (letters, digits and . _ - / + = : , @ % only), or run with the local executor."
+        )
 
 
 def params_from_config(cls, block: str, mapping=None, **overrides):

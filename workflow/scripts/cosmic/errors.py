@@ -9,6 +9,14 @@ class CosmicInputError(ValueError):
     """Input data or configuration that COSMIC cannot use as given."""
 
 
+class CosmicDataWarning(UserWarning):
+    """Input data that COSMIC can use, but with something dropped or suspicious (named in the message).
+
+    Rule scripts log every warning to the rule's log; these are also printed to the job's own stderr,
+    so they show in the run's output and not only in a log file (see :mod:`cosmic.logs`).
+    """
+
+
 def describe(path=None, sample=None) -> str:
     """Return a ``"sample 'x', file 'y'"`` prefix for error messages."""
     parts = []

@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .errors import CosmicInputError
+from .errors import CosmicDataWarning, CosmicInputError
 
 BARCODE_COLUMNS = ("barcode", "cell_barcode", "cell_id", "cell", "index")
 NO_MORPHOLOGY_ROW = "no_morphology_row"  # sequenced cell absent from the morphology table
@@ -113,7 +113,7 @@ def read_morphology_table(path, sample=None, params: MorphologyTableParams | Non
         skipped = [c for c in raw.columns if c not in columns and c not in params.exclude]
         if skipped:
             warnings.warn(f"{where}: non-numeric column(s) {skipped[:10]} ignored as morphology features",
-                          stacklevel=2)
+                          CosmicDataWarning, stacklevel=2)
         if not columns:
             raise CosmicInputError(f"{where} has no numeric column to use as morphology features. "
                                    "Add feature columns or list them in morphology_table.columns.")
@@ -130,7 +130,8 @@ def read_morphology_table(path, sample=None, params: MorphologyTableParams | Non
                                f"{list(table.columns[inf.any(0)])}. Replace them with finite numbers.")
     const = [c for c in columns if table[c].nunique() < 2]
     if const:
-        warnings.warn(f"{where}: constant feature column(s) {const} carry no information", stacklevel=2)
+        warnings.warn(f"{where}: constant feature column(s) {const} carry no information",
+                      CosmicDataWarning, stacklevel=2)
     names = [feature_name(c) for c in columns]
     if len(set(names)) != len(names):
         raise CosmicInputError(f"{where}: feature columns {columns} collide after renaming to {names}; rename them.")
@@ -170,7 +171,7 @@ def pair_with_table(sample: str, rna: ad.AnnData, table: pd.DataFrame, metadata:
     if unknown:
         warnings.warn(f"{where}: {unknown} barcode(s) are not in the count matrix (e.g. "
                       f"{list(qc.loc[qc['status'] == NOT_SEQUENCED, 'barcode'][:3])}); they are left out",
-                      stacklevel=2)
+                      CosmicDataWarning, stacklevel=2)
 
     order = rna_barcodes[rna_barcodes.isin(shared)]
     obs = pd.DataFrame({"sample": sample, "barcode": order.to_numpy(), "pairing_status": PAIRED},

@@ -22,7 +22,7 @@ import tifffile
 from scipy.spatial import cKDTree
 
 from .atomic import atomic_path
-from .errors import CosmicInputError
+from .errors import CosmicDataWarning, CosmicInputError
 from .nuclei import feature_columns
 
 PAIRING_COLUMNS = ("barcode", "image", "y", "x")
@@ -216,6 +216,7 @@ def pair_sample(sample: str, rna: ad.AnnData, nuclei: pd.DataFrame, masks: Mappi
         warnings.warn(
             f"sample '{sample}': paired {n_paired} cells of {n_rna} expression barcodes and {len(pairing)} "
             f"pairing rows; dropped: {qc.loc[~qc['status'].isin([PAIRED, PAIRED_NEAREST]), 'status'].value_counts().to_dict()}",
+            CosmicDataWarning,
             stacklevel=2,
         )
 
@@ -278,7 +279,7 @@ def apply_annotations(paired: ad.AnnData, annotations: pd.DataFrame, sample=None
             f"(e.g. {list(annotations.index[:2])} vs {list(barcodes[:2])}). Use the count matrix's barcodes.")
     if not hit.all():
         warnings.warn(f"sample '{sample}': {int((~hit).sum())} paired cell(s) have no row in '{path}'; "
-                      "their labels are missing", stacklevel=2)
+                      "their labels are missing", CosmicDataWarning, stacklevel=2)
     for column in annotations.columns:
         paired.obs[column] = annotations[column].reindex(barcodes).to_numpy()
     return paired

@@ -48,6 +48,16 @@ def _scaled(value: float, attempt: int) -> int:
     return int(math.ceil(value)) * max(1, int(attempt))
 
 
+def per_attempt(value: float):
+    """A fixed request that grows with retries: ``value`` on the first attempt, twice on the second, ...
+    (``resources: mem_mb=cosmic_resources.per_attempt(8000)``)."""
+
+    def request(wildcards, attempt=1) -> int:
+        return _scaled(value, attempt)
+
+    return request
+
+
 # ----------------------------------------------------------------- segment (one image)
 
 def segment_mem_mb(wildcards, input, attempt=1) -> int:

@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
 
 from .atomic import atomic_path
-from .errors import CosmicInputError, describe
+from .errors import CosmicDataWarning, CosmicInputError, describe
 from .segmentation_size import FALLBACK_DIAMETER, estimate_nucleus_diameter, fill_holes, normalise
 from .segmentation_size import sample_pixels
 from .segmentation_size import downscale as _downscale
@@ -67,7 +67,7 @@ SIZE_FILTER_WARN_FRACTION = 0.25
 """Warn when the area filters remove more than this fraction of the candidate nuclei."""
 
 
-class SegmentationWarning(UserWarning):
+class SegmentationWarning(CosmicDataWarning):
     """An image whose segmentation looks wrong (no nuclei, most objects filtered out)."""
 
 

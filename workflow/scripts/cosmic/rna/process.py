@@ -17,7 +17,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from ..errors import CosmicInputError, describe
+from ..errors import CosmicDataWarning, CosmicInputError, describe
 
 HVG_FLAVORS = ("seurat", "cell_ranger", "seurat_v3")
 MITO_PREFIXES = ("MT-", "mt-")
@@ -116,6 +116,7 @@ def _add_qc_metrics(adata: anndata.AnnData, params: RnaParams, where: str) -> No
         warnings.warn(
             f"{where}: no mitochondrial genes (names starting with 'MT-' or 'mt-'); the "
             "rna.max_mito_fraction filter has no effect.",
+            CosmicDataWarning,
             stacklevel=3,
         )
     # Per-cell metrics only: per-gene ones would describe cells that QC then drops

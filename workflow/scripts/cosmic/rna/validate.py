@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import CosmicInputError, describe
+from ..errors import CosmicDataWarning, CosmicInputError, describe
 
 
 def _values(X) -> np.ndarray:
@@ -115,6 +115,7 @@ def validate_counts(adata: anndata.AnnData, path, sample) -> anndata.AnnData:
             f"{where}: {len(dups)} gene symbol(s) occur more than once (e.g. {list(dups[:5])}); "
             "made unique by appending '-1', '-2', ... (gene IDs, where present, are kept in "
             "var['gene_ids']).",
+            CosmicDataWarning,
             stacklevel=3,
         )
         out.var_names_make_unique()
