@@ -87,14 +87,26 @@ def write_test_config(workdir: Path, results: str = HOSTILE_RESULTS) -> Path:
     return path
 
 
+def unactivated_environment() -> dict:
+    """``os.environ`` as in a shell where this virtual environment is not activated: its bin folder
+    (jupyter, snakemake, ...) is not on PATH, so no step may rely on finding a tool there."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bindir)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def local_test_run(tmp_path_factory) -> WorkflowRun:
-    """The whole workflow on the .test config in a temporary directory, locally on 2 cores
-    (shared by the integration tests and the SLURM test, which compares its outputs to these)."""
+    """The whole workflow on the .test config in a temporary directory, locally on 2 cores, run by
+    this interpreter with its virtual environment not activated (shared by the integration tests
+    and the SLURM test, which compares its outputs to these)."""
     workdir = tmp_path_factory.mktemp("e2e")
     config = write_test_config(workdir)
     start = time.perf_counter()
-    process = run_snakemake("--cores", "2", "--configfile", config, "--directory", workdir)
+    process = run_snakemake("--cores", "2", "--configfile", config, "--directory", workdir,
+                            env=unactivated_environment())
     wall = time.perf_counter() - start
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return WorkflowRun(workdir, workdir / HOSTILE_RESULTS, config, process, wall)

@@ -10,6 +10,8 @@ rule pair:
         qc=f"{RESULTS}/paired/{{sample}}.pairing_qc.tsv",
     log:
         f"{RESULTS}/logs/pair/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pair/{{sample}}.tsv"
     conda:
         "../envs/rna.yaml"
     resources:
@@ -33,6 +35,8 @@ rule cohort:
         summary=f"{RESULTS}/paired/pairing_summary.tsv",
     log:
         f"{RESULTS}/logs/cohort.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cohort.tsv"
     conda:
         "../envs/rna.yaml"
     resources:
