@@ -13,8 +13,9 @@ then runs the real workflow (``snakemake --cores 2``, user sample sheet) up to t
     stage   cells   wall_s  peak_rss_mb
 
 (``rna`` and ``pair`` are per sample: their rows give the larger of the two samples). ``--epochs``
-shortens COSMIC's training (cosmic.epochs). ``--images N`` also prints the dry-run figures of one
-sample with N images (benchmarks/dry_run_scale.py).
+shortens COSMIC's training (cosmic.epochs), ``--n-hvg`` limits its genes (cosmic.n_hvg).
+``--images N`` also prints the dry-run figures of one sample with N images
+(benchmarks/dry_run_scale.py).
 
     python benchmarks/scale.py --cells 10000 100000 [--epochs 5] [--images 10000]
 """
@@ -94,7 +95,8 @@ def synthetic_sample(rng, n_cells: int, genes: list[str], cumulative: np.ndarray
     return adata, table
 
 
-def build_cohort(folder: Path, n_cells: int, n_genes: int, umis: int, epochs: int, seed: int) -> Path:
+def build_cohort(folder: Path, n_cells: int, n_genes: int, umis: int, epochs: int, n_hvg: int,
+                 seed: int) -> Path:
     rng = np.random.default_rng(seed)
     genes = gene_names(n_genes)
     cumulative = state_profiles(rng, n_genes, n_cycle=len(cycle_genes()))
@@ -108,7 +110,7 @@ def build_cohort(folder: Path, n_cells: int, n_genes: int, umis: int, epochs: in
                      "morphology": f"data/{sample}.morphology.parquet", "treatment": treatment})
     pd.DataFrame(rows).to_csv(folder / "samples.tsv", sep="\t", index=False)
     config = {"demo": False, "samples": "samples.tsv", "results": "results", "seed": seed,
-              "cosmic": {"epochs": epochs, "evaluation": {"n_splits": 2}}}
+              "cosmic": {"epochs": epochs, "n_hvg": n_hvg, "evaluation": {"n_splits": 2}}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder / "config.yaml"
 
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=20_000)
     parser.add_argument("--umis", type=int, default=2_000, help="median UMIs per cell")
     parser.add_argument("--epochs", type=int, default=5, help="cosmic.epochs")
+    parser.add_argument("--n-hvg", type=int, default=0, help="cosmic.n_hvg (0: every gene)")
     parser.add_argument("--images", type=int, nargs="*", default=[], help="also dry-run one sample of N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
@@ -140,7 +143,7 @@ def main() -> None:
     for n_cells in args.cells:
         folder = Path(tempfile.mkdtemp(prefix=f"cosmic-scale-{n_cells}-"))
         start = time.perf_counter()
-        config = build_cohort(folder, n_cells, args.genes, args.umis, args.epochs, args.seed)
+        config = build_cohort(folder, n_cells, args.genes, args.umis, args.epochs, args.n_hvg, args.seed)
         print(f"# {n_cells} cells: synthetic cohort built in {time.perf_counter() - start:.0f} s", flush=True)
         run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
                               "--cores", "2", "--configfile", str(config), "--directory", str(folder),

@@ -20,6 +20,20 @@ def dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
+def gene_variances(x) -> np.ndarray:
+    """Per-column variance (as ``np.var``) of a dense or sparse matrix, without densifying it:
+    two passes over the stored values, the implicit zeros counted once per column."""
+    if not sp.issparse(x):
+        return np.asarray(x, dtype=np.float32).var(0)
+    x = sp.csc_matrix(x, dtype=np.float64)
+    n = x.shape[0]
+    mean = np.asarray(x.sum(0)).ravel() / n
+    nnz = np.diff(x.indptr)
+    column = np.repeat(np.arange(x.shape[1]), nnz)
+    squares = np.bincount(column, weights=(x.data - mean[column]) ** 2, minlength=x.shape[1])
+    return ((squares + (n - nnz) * mean**2) / n).astype(np.float32)
+
+
 def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and standard deviation (1 where constant or undefined), ignoring NaNs."""
     mean = np.nanmean(x, 0)
@@ -49,14 +63,14 @@ class Preprocessor:
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, adata) -> "Preprocessor":
-        """Fit on ``adata`` (training cells only)."""
-        x = dense(adata.X)
-        var = x.var(0)
+        """Fit on ``adata`` (training cells only). Only the kept genes are ever densified: with
+        ``n_hvg`` set, memory grows with cells x ``n_hvg``, not cells x all genes."""
+        var = gene_variances(adata.X)
         order = np.argsort(-var, kind="stable")
         order = order[var[order] > 0]
         n_keep = len(order) if self.n_hvg == 0 else min(self.n_hvg, len(order))
         genes = np.sort(order[:n_keep])
-        xg = x[:, genes]
+        xg = dense(adata.X[:, genes])
         gene_mean = xg.mean(0)
         n_pcs = min(self.n_pcs, xg.shape[0] - 1, xg.shape[1])
         _, s, vt = np.linalg.svd(xg - gene_mean, full_matrices=False)
@@ -65,7 +79,7 @@ class Preprocessor:
         pc_std = np.where(pc_std > 1e-8, pc_std, 1.0).astype(np.float32)
         morph_mean, morph_std = fit_scaler(np.asarray(adata.obsm[MORPH.obsm_key], dtype=np.float32))
         st = dict(gene_index=genes.astype(np.int64), gene_names=np.asarray(adata.var_names[genes]).astype(str),
-                  n_genes_input=int(x.shape[1]), gene_mean=gene_mean.astype(np.float32), components=components,
+                  n_genes_input=int(adata.n_vars), gene_mean=gene_mean.astype(np.float32), components=components,
                   pc_std=pc_std, morph_mean=morph_mean, morph_std=morph_std, representation=self.representation,
                   covariate_levels={})
         if named(self.representation) == FM:
