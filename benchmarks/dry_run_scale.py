@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import write_fake_conda  # noqa: E402  (the tests' stand-in conda)
+from conftest import job_counts, write_fake_conda  # noqa: E402  (the tests' stand-in conda, Job stats)
 from cosmic.demo import write_ome_tiff  # noqa: E402
 
 
@@ -82,8 +82,7 @@ def dry_run(workflow: Path, workdir: Path, config: Path, *extra, env=None):
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if result.returncode != 0:
         raise SystemExit(f"dry run failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-    stats = result.stdout.split("Job stats:")[1].split("\n\n")[0].strip().splitlines()[2:]
-    return wall, cpu, {line.split()[0]: int(line.split()[1]) for line in stats}, result.stdout
+    return wall, cpu, job_counts(result.stdout), result.stdout
 
 
 def local_rules(workflow: Path) -> set[str]:

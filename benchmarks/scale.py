@@ -23,6 +23,7 @@ shortens COSMIC's training (cosmic.epochs), ``--n-hvg`` limits its genes (cosmic
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,10 @@ import scipy.sparse as sp
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import run_snakemake  # noqa: E402  (the tests' Snakemake runner)
+
 STAGES = ("rna", "pair", "cohort", "cosmic", "cell_cycle", "drug_response")
 N_STATES, N_FEATURES, CHUNK = 8, 40, 5000
 
@@ -145,10 +150,8 @@ def main() -> None:
         start = time.perf_counter()
         config = build_cohort(folder, n_cells, args.genes, args.umis, args.epochs, args.n_hvg, args.seed)
         print(f"# {n_cells} cells: synthetic cohort built in {time.perf_counter() - start:.0f} s", flush=True)
-        run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-                              "--cores", "2", "--configfile", str(config), "--directory", str(folder),
-                              "--keep-going", "cohort", "cosmic", "cell_cycle", "drug_response"],
-                             cwd=folder, capture_output=True, text=True)
+        run = run_snakemake("--cores", "2", "--configfile", config, "--directory", folder, "--keep-going",
+                            "cohort", "cosmic", "cell_cycle", "drug_response", cwd=folder, timeout=None)
         if run.returncode != 0:
             print(f"# {n_cells} cells: some stages failed (see {folder}/results/logs):\n# "
                   + run.stderr[-1500:].replace("\n", "\n# "), flush=True)
@@ -157,7 +160,7 @@ def main() -> None:
         if args.keep or run.returncode != 0:
             print(f"# kept {folder}", flush=True)
         else:
-            subprocess.run(["rm", "-rf", str(folder)])
+            shutil.rmtree(folder)
     for n_images in args.images:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dry_run_scale.py"), "--images", str(n_images)])
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,14 +26,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from conftest import run_snakemake  # noqa: E402
 from slurm_cluster import ci_profile, environment, slurm_node, submitted_jobs  # noqa: E402
 
 
 def run(workdir: Path, config: Path, *args) -> float:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--directory", str(workdir), *map(str, args)]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=workdir, env=environment(), capture_output=True, text=True)
+    done = run_snakemake("--configfile", config, "--directory", workdir, *args, cwd=workdir, env=environment(),
+                         timeout=None)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"failed ({' '.join(args)}):\n{done.stderr[-3000:]}")

@@ -59,6 +59,12 @@ def write_fake_conda(folder) -> dict:
     return env
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """The "Job stats:" table of a Snakemake run or dry run: rule -> jobs, plus "total"."""
+    stats = output.split("Job stats:")[1].split("\n\n")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in stats.strip().splitlines()[2:]}
+
+
 @pytest.fixture
 def fake_conda(tmp_path) -> dict:
     """An environment whose PATH has a minimal ``conda`` answering Snakemake's startup checks.
@@ -72,10 +78,13 @@ def fake_conda(tmp_path) -> dict:
 @dataclass
 class WorkflowRun:
     workdir: Path
-    results: Path
     config: Path
     process: subprocess.CompletedProcess
     wall_s: float
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / HOSTILE_RESULTS
 
 
 def write_test_config(workdir: Path, results: str = HOSTILE_RESULTS) -> Path:
@@ -109,4 +118,4 @@ def local_test_run(tmp_path_factory) -> WorkflowRun:
                             env=unactivated_environment())
     wall = time.perf_counter() - start
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    return WorkflowRun(workdir, workdir / HOSTILE_RESULTS, config, process, wall)
+    return WorkflowRun(workdir, config, process, wall)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -81,5 +82,5 @@ def submitted_jobs(workdir: Path) -> list[Path]:
 def environment() -> dict:
     """This interpreter's environment, with its bin folder first on PATH for the jobs' Snakemake."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HOSTILE_RESULTS, REPO, run_snakemake
+from conftest import HOSTILE_RESULTS, REPO, job_counts, run_snakemake
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +118,6 @@ def test_every_file_a_rule_writes_is_declared(finished_run):
     undeclared = sorted(p for p in on_disk - declared if not p.startswith(folders)
                         and not any(fnmatch(p, pattern) for pattern in RESUME_STATE))
     assert not undeclared, f"written by a rule but declared by none: {undeclared}"
-
-
-def job_counts(output: str) -> dict[str, int]:
-    stats = output.split("Job stats:")[1].split("\n\n")[0]
-    return {line.split()[0]: int(line.split()[1]) for line in stats.strip().splitlines()[2:]}
 
 
 def test_adding_a_sample_reruns_only_its_own_per_sample_jobs(finished_run):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import run_snakemake, write_test_config
+from conftest import job_counts, run_snakemake, write_test_config
 from slurm_cluster import ci_profile, environment, slurm_node, submitted_jobs
 
 NODE = slurm_node()
@@ -43,17 +43,13 @@ def slurm_run(tmp_path_factory, local_test_run):
     return workdir, local_test_run
 
 
-def _rules_run(output: str) -> set[str]:
-    stats = output.split("Job stats:")[1].split("\n\n")[0]
-    return {line.split()[0] for line in stats.strip().splitlines()[2:]} - {"total"}
-
-
 def test_every_non_local_job_went_through_sbatch(slurm_run):
     workdir, local = slurm_run
     # each SLURM job's log holds the output of the Snakemake it ran, one "rule <name>:" per job in it
     submitted_rules = {name for path in submitted_jobs(workdir)
                        for name in re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", path.read_text(), re.M)}
-    assert submitted_rules == _rules_run(local.process.stdout + local.process.stderr) - LOCAL_RULES
+    run_locally = set(job_counts(local.process.stdout + local.process.stderr)) - {"total"}
+    assert submitted_rules == run_locally - LOCAL_RULES
 
 
 def test_outputs_match_the_local_run(slurm_run):

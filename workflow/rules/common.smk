@@ -262,9 +262,8 @@ def cosmic_inputs(wildcards):
     inputs = {"cohort": f"{RESULTS}/paired/cohort.h5ad"}
     if COSMIC_DECODES_IMAGES:
         inputs["foundation"] = f"{RESULTS}/models/foundation/model.pt"
-        if (
-            config["cosmic"].get("finetune_blocks", 0) > 0
-        ):  # the encoder's last stages see the crops
+        # the encoder's last stages, fine-tuned with the expression head, see the crops
+        if config["cosmic"]["finetune_blocks"] > 0:
             inputs["crops"] = crops_inputs()
     if DEMO:  # scored against the generator's truth and oracle ceilings
         inputs["truth"] = [
