@@ -119,7 +119,7 @@ def test_training_resumes_after_an_interruption_between_phases(tmp_path, monkeyp
 
     original = DiffusionCosmicModel.fit_residual_bases
 
-    def interrupt(self, train):
+    def interrupt(self, train, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(DiffusionCosmicModel, "fit_residual_bases", interrupt)

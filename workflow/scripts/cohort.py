@@ -7,19 +7,17 @@ from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-import anndata as ad
 import pandas as pd
 
 from cosmic import pairing
-from cosmic.rna import write_h5ad
 
-cohort = pairing.build_cohort(
-    [ad.read_h5ad(path) for path in snakemake.input.paired],
+cohort = pairing.build_cohort_from_files(
+    list(snakemake.input.paired),
+    snakemake.output.h5ad,
     n_pcs=snakemake.params.n_pcs,
     seed=snakemake.params.seed,
 )
 qc = pd.concat([pd.read_csv(p, sep="\t", dtype={"barcode": str}) for p in snakemake.input.qc])
 summary = pairing.summarise_qc(qc)
 pairing.write_table(summary, snakemake.output.summary)
-write_h5ad(cohort, snakemake.output.h5ad)
 print(summary.to_string(), file=sys.stderr)

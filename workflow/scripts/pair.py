@@ -7,7 +7,6 @@ from cosmic.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -17,11 +16,10 @@ from cosmic.morphology_table import (
     pair_with_table,
     read_morphology_table,
 )
-from cosmic.rna import write_h5ad
 
 sample = snakemake.wildcards.sample
 params = pairing.PairingParams.from_config(snakemake.params.pairing)
-rna = ad.read_h5ad(snakemake.input.rna)
+rna = pairing.read_rna_annotations(snakemake.input.rna, sample)
 dropped = pd.read_csv(snakemake.input.dropped, sep="\t", dtype={"barcode": str})
 if "morphology" in snakemake.input.keys():
     table = read_morphology_table(
@@ -59,5 +57,5 @@ if "annotations" in snakemake.input.keys():
         path=snakemake.input.annotations,
     )
 pairing.write_table(qc, snakemake.output.qc)
-write_h5ad(paired, snakemake.output.h5ad)
+pairing.write_paired(paired, snakemake.output.h5ad, snakemake.input.rna)
 print(qc["status"].value_counts().to_string(), file=sys.stderr)

@@ -322,26 +322,79 @@ def summarise_qc(qc: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
+RNA_ROW = "_rna_row"  # obs column carried through pairing: each paired cell's row in the RNA file
+
+
+def read_rna_annotations(path, sample: str) -> ad.AnnData:
+    """The sample's RNA object without its expression (obs, var, obsm, uns; an all-zero sparse ``X``),
+    each cell's row in the file in ``obs[RNA_ROW]``: pairing reads barcodes and embeddings only, and
+    :func:`write_paired` copies the expression of the paired cells from the file a chunk at a time."""
+    from .cohort_io import read_cohort
+
+    rna = read_cohort(path, x=False, what=f"the RNA object of sample '{sample}'")
+    rna.obs[RNA_ROW] = np.arange(rna.n_obs)
+    return rna
+
+
+def write_paired(paired: ad.AnnData, path, rna_path) -> None:
+    """Write the paired AnnData of :func:`read_rna_annotations` cells with their ``X`` and
+    ``layers["counts"]`` streamed from ``rna_path`` (memory: one chunk of cells, not the sample)."""
+    from .cohort_io import write_streamed
+
+    rows = paired.obs.pop(RNA_ROW).to_numpy().astype(np.int64)
+    write_streamed(paired, path, [(rna_path, rows)])
+
+
 def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
     """Concatenate paired samples; recompute the PCA jointly (per-sample PCAs are not comparable)."""
-    import scanpy as sc
-
     import anndata as ad
 
     cohort = ad.concat(paired, join="inner", merge="same", uns_merge="same", index_unique=None)
+    return _joint_embedding(_checked_cohort(cohort, paired[0]), n_pcs, seed, paired[0].uns.get("rna_embedding"))
+
+
+def _checked_cohort(cohort: ad.AnnData, first: ad.AnnData) -> ad.AnnData:
     if not cohort.obs_names.is_unique:
         raise CosmicInputError("cell ids are not unique across samples: sample ids must be unique in the sample sheet")
     for column in cohort.obs.columns:
         if cohort.obs[column].dtype == object:
             cohort.obs[column] = cohort.obs[column].astype(str).astype("category")
+    cohort.uns["morph_features"] = list(first.uns["morph_features"])
+    return cohort
+
+
+def _joint_embedding(cohort: ad.AnnData, n_pcs: int, seed: int, embedding: str | None) -> ad.AnnData:
+    """Highly variable genes (per sample) and the PCA of the whole cohort on them (scanpy); the PCA is
+    also ``obsm["X_rna"]`` when the samples' RNA embedding (``embedding``) is ``pca``."""
+    import scanpy as sc
+
     hvg_key = "highly_variable"
     batch = "sample" if cohort.obs["sample"].nunique() > 1 else None
     sc.pp.highly_variable_genes(cohort, n_top_genes=min(2000, cohort.n_vars), batch_key=batch)
     n_comps = max(1, min(n_pcs, cohort.n_obs - 1, int(cohort.var[hvg_key].sum()) - 1))
     sc.pp.pca(cohort, n_comps=n_comps, mask_var=hvg_key, random_state=seed)
-    if paired[0].uns.get("rna_embedding") == "pca":
+    if embedding == "pca":
         cohort.obsm["X_rna"] = cohort.obsm["X_pca"].astype(np.float32)
-    cohort.uns["morph_features"] = list(paired[0].uns["morph_features"])
+    return cohort
+
+
+def build_cohort_from_files(paths: list, out_path, n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
+    """:func:`build_cohort` of the paired h5ad files at ``paths``, written to ``out_path``, holding one copy
+    of the log-normalised expression (read into one preallocated matrix) and never the raw counts
+    (``layers["counts"]`` is copied from the files a chunk of cells at a time). Returns the cohort
+    (without its counts)."""
+    import anndata as ad
+
+    from .cohort_io import read_cohort, stack_x, write_streamed
+
+    shells = [read_cohort(p, x=False, what="a paired sample") for p in paths]
+    cohort = _checked_cohort(ad.concat(shells, join="inner", merge="same", uns_merge="same", index_unique=None),
+                             shells[0])
+    embedding = shells[0].uns.get("rna_embedding")
+    del shells
+    cohort.X = stack_x(paths, cohort.var_names)
+    cohort = _joint_embedding(cohort, n_pcs, seed, embedding)
+    write_streamed(cohort, out_path, [(p, None) for p in paths], elements=("layers/counts",), keep_x=True)
     return cohort
 
 

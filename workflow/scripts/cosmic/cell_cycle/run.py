@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, write_json
+from ..cohort_io import read_cohort
 from ..errors import CosmicInputError, describe
 from ..truth import cell_cycle as cell_cycle_truth  # a module: truth.cell_cycle imports this package
 from .agreement import (BASELINE, phase_agreement, position_agreement_rows, reference_angle_agreement,
@@ -43,7 +44,7 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
     """
     p = params if isinstance(params, CellCycleParams) else CellCycleParams.from_config(params)
     outdir = Path(outdir)
-    adata, where = _read_adata(cohort, "paired cohort")
+    adata, where = _read_adata(cohort, "paired cohort", layers=False)
     pred, _ = _read_adata(predictions, "COSMIC predictions")
     if adata.n_obs < 10:
         raise CosmicInputError(f"{where}: {adata.n_obs} paired cells; the cell-cycle analysis needs at least 10")
@@ -88,7 +89,8 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
 
 # ---------------------------------------------------------------------------------------
 # inputs
-def _read_adata(x, what):
+def _read_adata(x, what, layers: bool = True):
+    """``(AnnData or None, how errors name it)``; without ``layers`` they stay on disk (see cosmic.cohort_io)."""
     import anndata as ad
 
     if x is None or isinstance(x, ad.AnnData):
@@ -97,7 +99,7 @@ def _read_adata(x, what):
     if not p.exists():
         raise CosmicInputError(f"{describe(p)}: {what} not found; run the rule that writes it first")
     try:
-        return ad.read_h5ad(p), describe(p)
+        return (ad.read_h5ad(p) if layers else read_cohort(p, what=what)), describe(p)
     except Exception as exc:  # noqa: BLE001
         raise CosmicInputError(f"{describe(p)}: unreadable h5ad ({exc}); delete it and re-run its rule") from exc
 

@@ -79,6 +79,7 @@ class ResidualDiffusion(nn.Module):
         self.register_buffer("leftover_sd", torch.zeros(self.out_dim))  # per-output SD outside the basis
         self.register_buffer("score_limit", torch.full((), 8.0))  # largest |score| of a training cell
         self.register_buffer("calib_scale", torch.ones(self.out_dim))  # fitted on validation cells
+        self.register_buffer("residual_mean", torch.zeros(self.out_dim), persistent=False)  # while fitting
         self._scheduler = None
 
     @property
@@ -90,12 +91,17 @@ class ResidualDiffusion(nn.Module):
         return self._scheduler
 
     @torch.no_grad()
-    def fit_basis(self, residuals: torch.Tensor):
+    def fit_basis(self, residuals: torch.Tensor, mean: torch.Tensor | None = None,
+                  variance: torch.Tensor | None = None):
         """Leading principal directions of training residuals (cells x outputs), their scores' SD, and
-        the per-output SD left outside them."""
+        the per-output SD left outside them. ``residuals`` may be a random subset of the training cells'
+        when ``mean`` and ``variance`` (per output) are those of all of them; :meth:`refit_spread` then
+        measures the spread on every cell."""
         r = residuals.float()
-        r = r - r.mean(0, keepdim=True)  # the mean head absorbs the average residual
-        total_var = r.var(0, unbiased=False)
+        mean = r.mean(0) if mean is None else mean.float().to(r.device)
+        r = r - mean[None]  # the mean head absorbs the average residual
+        total_var = r.var(0, unbiased=False) if variance is None else variance.float().to(r.device)
+        self.residual_mean.copy_(mean)
         if self.rank:
             q = min(self.rank + 10, min(r.shape))
             _, s, v = torch.svd_lowrank(r, q=q, niter=4)
@@ -112,6 +118,31 @@ class ResidualDiffusion(nn.Module):
         else:
             explained = torch.zeros_like(total_var)
         self.leftover_sd.copy_((total_var - explained).clamp_min(0.0).sqrt())
+
+    @torch.no_grad()
+    def refit_spread(self, chunks):
+        """With the basis fixed, the scores' SD, the sampling clip and the per-output SD outside the basis
+        over every training cell (``chunks``: an iterable of residual blocks, cells x outputs), centred as
+        in :meth:`fit_basis`; used when the basis was fitted on a subset of the cells."""
+        n, squares, largest = 0, None, None
+        outside = torch.zeros(self.out_dim, dtype=torch.float64, device=self.basis.device)
+        for block in chunks:
+            r = block.float() - self.residual_mean[None]
+            raw = r @ self.basis.T
+            outside += ((r - raw @ self.basis) ** 2).sum(0).double()
+            part, top = (raw.double() ** 2).sum(0), raw.abs().amax(0)
+            squares = part if squares is None else squares + part
+            largest = top if largest is None else torch.maximum(largest, top)
+            n += len(r)
+        if not n:
+            return
+        self.leftover_sd.copy_((outside / n).sqrt().float())
+        if self.rank:
+            used = self.basis.abs().sum(1) > 0
+            scale = torch.where(used, (squares / n).sqrt().float().clamp_min(1e-6), self.score_scale)
+            self.score_scale.copy_(scale)
+            self.score_limit.fill_(float((largest / scale).max()))
+            self._scheduler = None
 
     def scores(self, residuals: torch.Tensor) -> torch.Tensor:
         """Standardised principal scores of residuals."""

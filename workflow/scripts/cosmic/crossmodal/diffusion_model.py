@@ -20,10 +20,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import numpy as np
+
 from .diffusion import ResidualDiffusion
 from .nets import _mlp
 from .params import CosmicParams
 from .preprocess import Preprocessor
+from .rows import CHUNK_VALUES, n_rows, row_chunks, take
 
 # trained one after the other, each with its own early stopping on validation cells
 PHASES = ("expr_head", "morph_head", "residual")
@@ -109,9 +112,12 @@ class DiffusionCosmicModel(nn.Module):
             self.morph_head.bias.zero_()  # standardised targets
 
     @torch.no_grad()
-    def set_expr_variance(self, expr: torch.Tensor):
-        """The expression head's loss scale: the mean per-gene variance of the training cells."""
-        self.expr_variance.fill_(max(float(expr.var(0).mean()), 1e-8))
+    def set_expr_variance(self, expr):
+        """The expression head's loss scale: the mean per-gene variance of the training cells (a tensor or
+        :class:`~cosmic.crossmodal.rows.SparseRows`)."""
+        variance = expr.column_variances().mean() if hasattr(expr, "column_variances") else expr.var(0).mean()
+        self.expr_variance.fill_(max(float(variance), 1e-8))
+
     def rna_embedding(self, expr: torch.Tensor) -> torch.Tensor:
         return (expr - self.gene_mean) @ self.pca_map
 
@@ -136,15 +142,27 @@ class DiffusionCosmicModel(nn.Module):
 
     def losses(self, b: dict, p: CosmicParams, sample_posterior: bool = True) -> torch.Tensor:
         """The loss of the current phase: the expression head's squared error relative to the mean gene
-        variance (i.e. 1 - weighted R²), the morphology head's, or both residual diffusion losses
-        (on residuals precomputed by :meth:`with_residuals`)."""
+        variance (i.e. 1 - weighted R²), the morphology head's, or both residual diffusion losses (on the
+        frozen heads' residuals of the batch, see :meth:`residuals`)."""
+        if self.phase == "residual":
+            with torch.no_grad():
+                c_m, c_r = self.conditions(b)
+                expr_residual, morph_residual = self.residuals(b, c_m, c_r)
+            return (self.expr_residual.loss(expr_residual, c_m) + self.morph_residual.loss(morph_residual, c_r)).mean()
         c_m, c_r = self.conditions(b)
         if self.phase == "expr_head":
             return ((self.expr_head(c_m) - b["expr"]) ** 2).mean(1).mean() / self.expr_variance
-        if self.phase == "morph_head":
-            return self._morph_error(self.morph_head(c_r), self.morph_target(b)).mean()
-        return (self.expr_residual.loss(b["expr_residual"], c_m)
-                + self.morph_residual.loss(b["morph_residual"], c_r)).mean()
+        return self._morph_error(self.morph_head(c_r), self.morph_target(b)).mean()
+
+    def train(self, mode: bool = True):
+        """In the residual phase the heads (and encoder tail) stay in eval mode: the residuals the
+        diffusion models learn are those of the frozen heads, without dropout."""
+        super().train(mode)
+        if self.phase == "residual":
+            for module in (self.expr_head, self.morph_head, self.tail):
+                if module is not None:
+                    module.eval()
+        return self
 
     def phase_parameters(self, phase: str) -> list:
         modules = dict(expr_head=[self.expr_head] + ([self.tail] if self.tail is not None else []),
@@ -152,22 +170,40 @@ class DiffusionCosmicModel(nn.Module):
                        residual=[self.expr_residual, self.morph_residual])[phase]
         return [p for m in modules for p in m.parameters()]
 
-    @torch.no_grad()
-    def with_residuals(self, data: dict) -> dict:
-        """``data`` plus both heads' residuals (heads in eval mode, so without dropout)."""
-        training = self.training
-        self.eval()
-        c_m, c_r = self.conditions(data)
-        out = dict(data, expr_residual=data["expr"] - self.expr_head(c_m),
-                   morph_residual=(self.morph_target(data) - self.morph_head(c_r)) * self.residual_weight)
-        self.train(training)
-        return out
+    def residuals(self, b: dict, c_m=None, c_r=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' residuals of the cells of batch ``b`` (expression; weighted morphology target)."""
+        if c_m is None:
+            c_m, c_r = self.conditions(b)
+        return (b["expr"] - self.expr_head(c_m),
+                (self.morph_target(b) - self.morph_head(c_r)) * self.residual_weight)
 
     @torch.no_grad()
-    def fit_residual_bases(self, train: dict):
-        """Principal directions of the training residuals of both heads (``train`` from :meth:`with_residuals`)."""
-        self.expr_residual.fit_basis(train["expr_residual"])
-        self.morph_residual.fit_basis(train["morph_residual"])
+    def fit_residual_bases(self, train: dict, seed: int = 0, budget: int = CHUNK_VALUES):
+        """Principal directions of both heads' training residuals, walking ``train`` a chunk of cells at a
+        time (its expression may be :class:`~cosmic.crossmodal.rows.SparseRows`): the per-output mean and
+        variance over every training cell, the directions from at most ``budget`` residual values (a
+        seeded random subset of cells when there are more), their spread and the sampling clip from every cell."""
+        training = self.training
+        self.eval()
+        n, chunks = n_rows(train), row_chunks(train)
+        sums = [None, None]
+        for rows in chunks:
+            for i, r in enumerate(self.residuals(take(train, rows))):
+                r = r.double()
+                part = torch.stack([r.sum(0), (r ** 2).sum(0)])
+                sums[i] = part if sums[i] is None else sums[i] + part
+        rng = np.random.default_rng(seed)
+        for i, module in enumerate((self.expr_residual, self.morph_residual)):
+            mean = sums[i][0] / n
+            variance = (sums[i][1] / n - mean ** 2).clamp_min(0.0)
+            size = max(2, budget // max(1, module.out_dim))
+            subset = np.arange(n) if n <= size else np.sort(rng.choice(n, size, replace=False))
+            sample = torch.cat([self.residuals(take(train, subset[rows]))[i]
+                                for rows in row_chunks({"x": subset[:, None]}, budget // max(1, module.out_dim))])
+            module.fit_basis(sample, mean.float(), variance.float())
+            if len(subset) < n:
+                module.refit_spread(self.residuals(take(train, rows))[i] for rows in chunks)
+        self.train(training)
 
     @torch.no_grad()
     def predict_tensors(self, t: dict, n_samples: int, gen) -> dict:

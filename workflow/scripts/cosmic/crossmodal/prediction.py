@@ -23,8 +23,11 @@ GENERATED_IMAGES_LAYOUT = "(1 + n_samples) x cells x C x S x S; index 0 = mean"
 
 
 def to_tensors(arrays: dict, device) -> dict:
-    """float32 tensors on ``device`` of a dictionary of arrays."""
-    return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in arrays.items()}
+    """float32 tensors on ``device`` of a dictionary of arrays; a sparse matrix becomes
+    :class:`~cosmic.crossmodal.rows.SparseRows` (dense a batch of rows at a time)."""
+    from .rows import as_batchable
+
+    return {k: as_batchable(v, device) for k, v in arrays.items()}
 
 
 # Samples are drawn for this many (samples x cells x outputs) values at a time: a chunk of cells at once,
@@ -71,17 +74,22 @@ def predict(model: CosmicModel, pre: Preprocessor, adata, n_samples: int = 100, 
     gen = torch.Generator(device=device).manual_seed(seed)
     keep = n_samples if keep is None else max(1, min(int(keep), n_samples))
     width = max(observed[k].shape[1] for k in COVERED)  # the sampled outputs
-    parts, counts = [], {k: [0.0, 0] for k in COVERED}
-    for cells in cell_chunks(len(observed["expr"]), n_samples, width):
+    n_cells = len(observed["expr"])
+    out, counts = {}, {k: [0.0, 0] for k in COVERED}
+    for cells in cell_chunks(n_cells, n_samples, width):
         chunk = _predict_tensors(model, {k: v[cells] for k, v in tensors.items()}, n_samples, gen)
         if level is not None:
             for key in COVERED:
                 inside, total = _inside(tensors[key][cells], chunk[f"{key}_samples"], level)
                 counts[key][0] += inside
                 counts[key][1] += total
-        parts.append({k: (v[:keep] if k.endswith("_samples") else v).float().cpu().numpy() for k, v in chunk.items()})
-    out = {k: np.concatenate([p[k] for p in parts], axis=1 if k.endswith("_samples") else 0) for k in parts[0]} \
-        if parts else {}
+        for key, value in chunk.items():  # written into arrays allocated once: no concatenated copies
+            samples = key.endswith("_samples")
+            value = (value[:keep] if samples else value).float().cpu().numpy()
+            if key not in out:
+                shape = (len(value), n_cells) + value.shape[2:] if samples else (n_cells,) + value.shape[1:]
+                out[key] = np.empty(shape, np.float32)
+            out[key][(slice(None), cells) if samples else cells] = value
     out.update({f"observed_{k}": v for k, v in observed.items()})
     if level is not None:
         out["coverage"] = {k: (c[0] / c[1] if c[1] else float("nan")) for k, c in counts.items()}
@@ -140,6 +148,7 @@ def calibrate_model(model: CosmicModel, va: dict, level: float, n_samples: int =
     model.eval()
     if hasattr(model, "residual_modules"):
         return _calibrate_residuals(model, va, level, n_samples, seed)
+    va = {k: v[:] if hasattr(v, "matrix") else v for k, v in va.items()}  # SparseRows: all rows dense
     for m in (model.m2r, model.r2m, model.expr_decoder, model.morph_decoder):
         if m is not None:
             m.calib_scale.fill_(1.0)

@@ -13,6 +13,9 @@ from ..errors import CosmicInputError
 from .representation import FM, MORPH, Representation, named
 
 TAIL_KEY = "X_fm_tail"  # obsm: cached inputs of the encoder stages fine-tuned downstream (crossmodal.finetune)
+# Above this many cells x kept genes the RNA PCA is computed from the sparse matrix (implicit centring,
+# ARPACK) instead of a dense SVD, whose workspace is many times the matrix (1.1 GB for 14,000 x 2,000).
+DENSE_PCA_BUDGET = 2 ** 22
 
 
 def dense(x) -> np.ndarray:
@@ -32,6 +35,32 @@ def gene_variances(x) -> np.ndarray:
     column = np.repeat(np.arange(x.shape[1]), nnz)
     squares = np.bincount(column, weights=(x.data - mean[column]) ** 2, minlength=x.shape[1])
     return ((squares + (n - nnz) * mean**2) / n).astype(np.float32)
+
+
+def select_genes(variances: np.ndarray, n_hvg: int) -> np.ndarray:
+    """Indices (ascending) of the kept genes: every gene that varies (``n_hvg`` 0), or the ``n_hvg``
+    most variable (ties by position)."""
+    order = np.argsort(-variances, kind="stable")
+    order = order[variances[order] > 0]
+    n_keep = len(order) if n_hvg == 0 else min(int(n_hvg), len(order))
+    return np.sort(order[:n_keep])
+
+
+def rna_pca(x, n_pcs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(gene_mean, components, singular values)`` of the centred cells x genes matrix ``x`` (dense or
+    sparse). Small matrices: an exact dense SVD. Larger sparse ones: scikit-learn's PCA with implicit
+    centring (ARPACK, seeded), so the centred matrix is never made dense."""
+    n_cells, n_genes = x.shape
+    n_pcs = max(1, min(int(n_pcs), n_cells - 1, n_genes))
+    if not sp.issparse(x) or n_cells * n_genes <= DENSE_PCA_BUDGET or n_pcs >= min(n_cells, n_genes) - 1:
+        xg = dense(x)
+        gene_mean = xg.mean(0)
+        _, s, vt = np.linalg.svd(xg - gene_mean, full_matrices=False)
+        return gene_mean, vt[:n_pcs].astype(np.float32), s[:n_pcs]
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=n_pcs, svd_solver="arpack", random_state=seed).fit(sp.csr_matrix(x, dtype=np.float64))
+    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32), pca.singular_values_
 
 
 def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,17 +94,10 @@ class Preprocessor:
     def fit(self, adata) -> "Preprocessor":
         """Fit on ``adata`` (training cells only). Only the kept genes are ever densified: with
         ``n_hvg`` set, memory grows with cells x ``n_hvg``, not cells x all genes."""
-        var = gene_variances(adata.X)
-        order = np.argsort(-var, kind="stable")
-        order = order[var[order] > 0]
-        n_keep = len(order) if self.n_hvg == 0 else min(self.n_hvg, len(order))
-        genes = np.sort(order[:n_keep])
-        xg = dense(adata.X[:, genes])
-        gene_mean = xg.mean(0)
-        n_pcs = min(self.n_pcs, xg.shape[0] - 1, xg.shape[1])
-        _, s, vt = np.linalg.svd(xg - gene_mean, full_matrices=False)
-        components = vt[:n_pcs].astype(np.float32)
-        pc_std = (s[:n_pcs] / math.sqrt(max(1, xg.shape[0] - 1))).astype(np.float32)
+        genes = select_genes(gene_variances(adata.X), self.n_hvg)
+        gene_mean, components, s = rna_pca(adata.X[:, genes], self.n_pcs)
+        n_pcs = len(components)
+        pc_std = (s / math.sqrt(max(1, adata.n_obs - 1))).astype(np.float32)
         pc_std = np.where(pc_std > 1e-8, pc_std, 1.0).astype(np.float32)
         morph_mean, morph_std = fit_scaler(np.asarray(adata.obsm[MORPH.obsm_key], dtype=np.float32))
         st = dict(gene_index=genes.astype(np.int64), gene_names=np.asarray(adata.var_names[genes]).astype(str),
@@ -109,18 +131,21 @@ class Preprocessor:
         self._check()
         return self.state["gene_names"]
 
-    def expression(self, adata) -> np.ndarray:
-        """Log-normalised expression of the kept genes."""
+    def expression(self, adata, sparse: bool = False):
+        """Log-normalised expression of the kept genes: dense, or with ``sparse`` a float32 CSR matrix
+        when the cohort's is sparse."""
         self._check()
         if adata.n_vars != self.state["n_genes_input"]:
             raise CosmicInputError(f"cohort has {adata.n_vars} genes but the model was fitted on "
                                    f"{self.state['n_genes_input']}")
-        return dense(adata.X[:, self.state["gene_index"]])
+        kept = adata.X[:, self.state["gene_index"]]
+        return sp.csr_matrix(kept, dtype=np.float32) if sparse and sp.issparse(kept) else dense(kept)
 
-    def rna_embedding(self, expr: np.ndarray) -> np.ndarray:
-        """Standardised PCA scores (training-cell PCA) of kept-gene expression."""
+    def rna_embedding(self, expr) -> np.ndarray:
+        """Standardised PCA scores (training-cell PCA) of kept-gene expression (dense or sparse)."""
         st = self.state
-        return ((expr - st["gene_mean"]) @ st["components"].T / st["pc_std"]).astype(np.float32)
+        scores = np.asarray(expr @ st["components"].T) - st["gene_mean"] @ st["components"].T
+        return (scores / st["pc_std"]).astype(np.float32)
 
     def morph_features(self, adata) -> np.ndarray:
         return apply_scaler(adata.obsm[MORPH.obsm_key], self.state["morph_mean"], self.state["morph_std"])
@@ -149,10 +174,11 @@ class Preprocessor:
             cols.append((v[:, None] == np.asarray(levels)[None, :]).astype(np.float32))
         return np.concatenate(cols, 1) if cols else np.zeros((adata.n_obs, 0), np.float32)
 
-    def transform(self, adata) -> dict[str, np.ndarray]:
-        """All model inputs for the cells of ``adata``."""
+    def transform(self, adata, sparse_expression: bool = False) -> dict[str, np.ndarray]:
+        """All model inputs for the cells of ``adata``; ``expr`` stays a CSR matrix with
+        ``sparse_expression`` (and a sparse cohort), so memory follows its stored values."""
         self._check()
-        expr = self.expression(adata)
+        expr = self.expression(adata, sparse=sparse_expression)
         out = dict(expr=expr, rna=self.rna_embedding(expr), rep=self.representation_of(adata),
                    morph=self.morph_features(adata), cov=self.covariate_matrix(adata))
         if self.state.get("tail"):

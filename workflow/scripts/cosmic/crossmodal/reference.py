@@ -9,6 +9,11 @@ import time
 import numpy as np
 
 from .. import metrics as M
+from .preprocess import dense
+
+# The expression classifier is fitted on at most this many training-cell x gene values (float64: 256 MB),
+# a seeded random subset of at least CLASSIFIER_MIN_CELLS cells when there are more; metrics.json says how many.
+CLASSIFIER_VALUES, CLASSIFIER_MIN_CELLS = 2 ** 25, 2000
 
 REFERENCE_DEFINITIONS = dict(
     labels="RNA-derived cell types: Leiden clusters of training cells (test cells: label of their nearest "
@@ -79,8 +84,13 @@ def _morphology_to_rna(y_expr, pred_expr, expr_sample, detected, expr_train, lab
         if m == "cosmic":
             within["per_stratum_cosmic"] = w["per_group"]
     within["strata"] = strata_name
-    clf, _ = M.classifier_transfer(expr_train, lab_tr, {"observed": y_expr, **{m: pred_expr[m] for m in methods},
-                                                        "cosmic_sample": expr_sample}, lab_te)
+    n_fit = max(CLASSIFIER_MIN_CELLS, CLASSIFIER_VALUES // max(1, expr_train.shape[1]))
+    rows = np.arange(len(lab_tr)) if len(lab_tr) <= n_fit else \
+        np.sort(np.random.default_rng(seed).choice(len(lab_tr), n_fit, replace=False))
+    clf, _ = M.classifier_transfer(dense(expr_train[rows]), lab_tr[rows],
+                                   {"observed": y_expr, **{m: pred_expr[m] for m in methods},
+                                    "cosmic_sample": expr_sample}, lab_te)
+    clf["n_training_cells"] = int(len(rows))
     return dict(pearson_all_cells=all_cells, pearson_detected_cells=dict(min_cells=min_cells, **detected_cells),
                 pearson_within_type=dict(min_cells=min_cells, **within), cell_type_classifier=clf)
 

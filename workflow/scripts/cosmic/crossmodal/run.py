@@ -66,23 +66,33 @@ class Cells:
         return {name: int((self.split == name).sum()) for name in ("train", "val", "test")}
 
 
-def split_cohort(cohort, params: CosmicParams) -> Cells:
-    """The cohort (AnnData or h5ad path) split into training, validation and test cells by ``params.seed``."""
+def split_cohort(cohort, params: CosmicParams, genes_only: bool = False) -> Cells:
+    """The cohort (AnnData or h5ad path) split into training, validation and test cells by ``params.seed``.
+
+    ``genes_only`` (a path): read only the genes the preprocessor can keep, streamed from disk
+    (:func:`cosmic.crossmodal.cohort.read_cohort_for_genes`), so memory follows those genes' stored values."""
     import anndata as ad
 
+    def split_of(obs: pd.DataFrame) -> pd.Series:
+        if "sample" not in obs:
+            raise CosmicInputError("the cohort has no obs column 'sample'")
+        split = make_splits(obs, params.fractions, params.seed, params.stratify, params.holdout_samples)
+        if (split == "test").sum() < 3:
+            raise CosmicInputError(f"cosmic: only {(split == 'test').sum()} test cells; raise the test fraction")
+        return split
+
+    if isinstance(cohort, (str, Path)) and genes_only:
+        from .cohort import read_cohort_for_genes
+
+        return Cells(*read_cohort_for_genes(cohort, split_of, params.n_hvg))
     adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
-    if "sample" not in adata.obs:
-        raise CosmicInputError("the cohort has no obs column 'sample'")
-    split = make_splits(adata.obs, params.fractions, params.seed, params.stratify, params.holdout_samples)
-    if (split == "test").sum() < 3:
-        raise CosmicInputError(f"cosmic: only {(split == 'test').sum()} test cells; raise the test fraction")
-    return Cells(adata, split)
+    return Cells(adata, split_of(adata.obs))
 
 
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
                 decode_images, truth, progress, generated_images=None, finetune_inputs=None) -> dict:
     started = time.time()
-    cells = split_cohort(cohort, params)
+    cells = split_cohort(cohort, params, genes_only=True)
     if params.finetune_blocks > 0 and finetune_inputs is not None and finetune_inputs[1]:
         from .finetune import attach_tail_inputs
 
@@ -93,14 +103,14 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
     predictions = predict(fit["model"], pre, test_cells, params.n_samples, seed=params.seed,
                           keep=max(params.n_output_samples, params.evaluation_params.n_generated, 1),
                           level=params.interval_level)
-    held = evaluate.HeldOut.from_predictions(predictions, pre.transform(train_cells), pre.kind,
+    held = evaluate.HeldOut.from_predictions(predictions, pre.transform(train_cells, sparse_expression=True), pre.kind,
                                              params.knn_neighbors)
     results, per_gene, table, confusion = _evaluate(cells, held, predictions, fit, params)
     truth_data = load_truth(truth)
     if truth_data:
         results["oracle"] = score_against_truth(
             truth_data, table, results, pre=pre, train_cells=train_cells, val_cells=cells.part("val"),
-            test_cells=test_cells, train_inputs=held.train, observed=held.observed,
+            test_cells=test_cells, train_inputs=dict(held.train, expr=dense(held.train["expr"])), observed=held.observed,
             generated_rep=held.representation)
     with atomic_path(variance_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
@@ -154,8 +164,8 @@ def _held_out_results(held, predictions, fit, pre, params) -> tuple[dict, dict, 
 def _reference(held, predictions, pre, labels, test_cells, seed) -> dict:
     """:func:`reference_metrics` on the test cells, plus the labels they used."""
     lab_tr, lab_te, method = labels
-    counts = test_cells.layers["counts"] if "counts" in test_cells.layers else test_cells.X
-    detected = dense(counts[:, pre.state["gene_index"]]) > 0
+    # a gene is detected where its log-normalised expression is positive (counts > 0)
+    detected = pre.expression(test_cells) > 0
     n_train = len(held.x_rna_train)
     ridge_rep = M.ridge_baseline(held.x_rna_train, held.train["rep"], np.vstack([held.x_rna_train, held.x_rna_test]))
     reference = reference_metrics(

@@ -23,6 +23,7 @@ from .nets import CosmicModel
 from .params import CHECKPOINT, MODEL, TRAINING_KEYS, CosmicParams, resolve_device
 from .prediction import calibrate_model, to_tensors
 from .preprocess import Preprocessor
+from .rows import n_rows, row_chunks, take
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ def _fingerprint(params: CosmicParams, split: pd.Series, data: dict | None = Non
     h.update("|".join(map(str, split.index)).encode())
     for key in sorted(data or {}):
         h.update(key.encode())
-        h.update(np.ascontiguousarray(data[key].detach().cpu().numpy() if torch.is_tensor(data[key])
-                                      else np.asarray(data[key])).tobytes())
+        value = data[key]
+        if hasattr(value, "fingerprint_bytes"):
+            for part in value.fingerprint_bytes():
+                h.update(part)
+        else:
+            h.update(np.ascontiguousarray(value.detach().cpu().numpy() if torch.is_tensor(value)
+                                          else np.asarray(value)).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -56,11 +62,14 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
 
 
 def _eval_loss(model, data, params, device) -> float:
+    """The loss over the validation cells, a chunk of cells at a time (their expression may be sparse)."""
     model.eval()
+    n = n_rows(data)
     with torch.no_grad():
         gen_state = torch.get_rng_state()
         torch.manual_seed(12345)  # validation loss uses a fixed posterior draw
-        loss = model.losses(data, params, sample_posterior=False).item()
+        loss = sum(model.losses(take(data, rows), params, sample_posterior=False).item() * (rows.stop - rows.start)
+                   for rows in row_chunks(data)) / max(1, n)
         torch.set_rng_state(gen_state)
     return loss
 
@@ -220,10 +229,8 @@ def _train_model(model, pre, params, fingerprint, outdir, resume, device, train,
     history = []
     for i, phase in enumerate(phases[start:], start):
         model.phase = phase
-        if phase == "residual":
-            train, val = model.with_residuals(train), model.with_residuals(val)
-            if i > start:  # a resumed residual phase has its bases in the checkpoint
-                model.fit_residual_bases(train)
+        if phase == "residual" and i > start:  # a resumed residual phase has its bases in the checkpoint
+            model.fit_residual_bases(train, seed=params.seed)
         training = _Training(model, pre, params, f"{fingerprint}:{phase}", checkpoint,
                              parameters=model.phase_parameters(phase), desc=f"cosmic {phase.replace('_', ' ')}")
         if i == start and saved is not None:
@@ -245,8 +252,9 @@ def _fit(adata, split, params, outdir, progress, resume, device):
     if train_mask.sum() < 3 or val_mask.sum() < 1:
         raise CosmicInputError(f"cosmic: too few cells to train ({train_mask.sum()} train, {val_mask.sum()} val)")
     pre = Preprocessor(params.n_hvg, params.n_rna_pcs, kind.name, params.covariates).fit(adata[train_mask])
-    train = to_tensors(pre.transform(adata[train_mask]), device)
-    val = to_tensors(pre.transform(adata[val_mask]), device)
+    # expression stays sparse (a batch of cells is made dense at a time): memory follows the stored values
+    train = to_tensors(pre.transform(adata[train_mask], sparse_expression=True), device)
+    val = to_tensors(pre.transform(adata[val_mask], sparse_expression=True), device)
     _seed_all(params.seed)
     tail, tail_spec = _tail_for(adata, pre, params)
     model = build_model(train["rep"].shape[1], train["rna"].shape[1], train["expr"].shape[1],

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, write_json
+from ..cohort_io import read_cohort
 from ..errors import CosmicInputError
 from ..layout import DRUG_RESPONSE_FIGURES
 from ..truth.drug_response import demo_recovery
@@ -33,13 +34,12 @@ FIGURES = tuple(f"{name}.png" for name in DRUG_RESPONSE_FIGURES)
 
 def _read_cohort(cohort) -> tuple[Any, str]:
     """The cohort AnnData (read from a path, or given) and how error messages name it."""
-    import anndata as ad
-
     where = f"file '{cohort}'" if isinstance(cohort, (str, Path)) else "the cohort"
     if isinstance(cohort, (str, Path)) and not Path(cohort).exists():
         raise CosmicInputError(f"drug_response: cohort file '{cohort}' does not exist (paired/cohort.h5ad of the pair "
                                "stage)")
-    adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
+    # the raw counts layer stays on disk: the tests read log-normalised X
+    adata = read_cohort(cohort) if isinstance(cohort, (str, Path)) else cohort
     if "X_morph" not in adata.obsm:
         raise CosmicInputError(f"drug_response: {where} has no obsm['X_morph'] (region-property features); obsm keys: "
                                f"{sorted(adata.obsm)}. Regenerate it with the pair stage.")
