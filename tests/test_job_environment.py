@@ -43,6 +43,31 @@ def test_a_job_imports_this_checkout_even_when_another_copy_is_installed(tmp_pat
     assert out.stdout.strip() == str(SCRIPTS / "cosmic" / "__init__.py")
 
 
+def test_a_job_imports_this_checkout_when_another_checkout_is_installed_editable(tmp_path):
+    """An editable install of another checkout puts that checkout's script folder, with its own
+    `_checkout` and `cosmic`, on sys.path ahead of this one: the job still gets this checkout."""
+    other = tmp_path / "other_checkout" / "workflow" / "scripts"
+    (other / "cosmic").mkdir(parents=True)
+    (other / "_checkout.py").write_text((SCRIPTS / "_checkout.py").read_text())
+    (other / "cosmic" / "__init__.py").write_text("WHO = 'other checkout'\n")
+    (other / "cosmic" / "logs.py").write_text("raise ImportError('the other checkout was imported')\n")
+    job = textwrap.dedent(f"""
+        import sys
+        snakemake = object()  # what Snakemake's preamble defines, with the script's real __file__
+        __file__ = {str(SCRIPTS / "cosmic_model.py")!r}
+        sys.path.append({str(SCRIPTS)!r})
+        import _checkout
+        assert _checkout.__file__.startswith({str(other)!r})  # the other checkout's copy ran
+        from cosmic.logs import log_to_file
+        import cosmic
+        print(cosmic.__file__)
+    """)
+    env = {"PYTHONPATH": str(other), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(SCRIPTS / "cosmic" / "__init__.py")
+
+
 def test_data_warnings_reach_the_log_and_the_jobs_stderr(tmp_path):
     log = tmp_path / "logs" / "rule.log"
     job = textwrap.dedent(f"""

@@ -10,7 +10,23 @@ copy can be found.
 import sys
 from pathlib import Path
 
-SCRIPTS = str(Path(__file__).resolve().parent)
+
+
+def _script_folder() -> str:
+    """The folder of the rule script importing this module: Snakemake's preamble sets the script's
+    ``__file__`` to its real path and defines ``snakemake``. Another checkout's editable install can
+    put *its* copy of this module first on ``sys.path``, so this file's own folder is only the
+    fallback (imported outside a Snakemake job)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        names = frame.f_globals
+        if "snakemake" in names and names.get("__file__"):
+            return str(Path(names["__file__"]).resolve().parent)
+        frame = frame.f_back
+    return str(Path(__file__).resolve().parent)
+
+
+SCRIPTS = _script_folder()
 
 if sys.path[:1] != [SCRIPTS]:
     sys.path.insert(0, SCRIPTS)
