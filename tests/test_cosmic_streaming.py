@@ -123,3 +123,17 @@ def test_residual_bases_from_a_subset_of_cells_keep_the_leading_directions():
     again.refit_spread([residuals])
     torch.testing.assert_close(again.leftover_sd, whole.leftover_sd, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(again.score_scale, whole.score_scale, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("statistic", [M.total_r2, M.mean_r2])
+def test_bootstrap_of_r2_by_weights_equals_resampling_the_cells(statistic):
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(300, 25))
+    y[:, 4] = 2.0  # a constant feature stays undefined (NaN) in every resample
+    pred = 0.5 * y + rng.normal(size=y.shape)
+    draws = [np.random.default_rng(5).integers(0, 300, 300)]
+    draws += [np.random.default_rng(i).integers(0, 300, 300) for i in range(20)]
+    expected = [statistic(y[d], pred[d]) for d in draws]
+    np.testing.assert_allclose(M._resampled_r2(y, pred, draws, statistic is M.total_r2), expected, rtol=1e-10)
+    ci = M.bootstrap_ci(y, pred, statistic, n_boot=40, seed=1)
+    assert ci["ci_low"] < ci["value"] < ci["ci_high"]
