@@ -137,6 +137,18 @@ def test_resources_grow_with_input_size_and_attempt(tmp_path):
     assert resources.embed_runtime(None, crops) == 30 + 12
 
 
+def test_cohort_level_memory_grows_with_the_cohort_file(tmp_path):
+    request = resources.from_cohort_size("cohort", 2000, 10, floor=8000)
+    demo = JobInput(cohort=sized_file(tmp_path / "demo.h5ad", 5))
+    assert request(None, demo) == 8000 and request(None, demo, attempt=2) == 16000
+    # 10^5 cells over 20,000 genes: a ~620 MB cohort file, 3.9 GB measured for cosmic
+    cohort = JobInput(cohort=sized_file(tmp_path / "cohort.h5ad", 620))
+    assert 2 * 3900 < request(None, cohort) < 12000
+    # the cohort rule reads the paired samples: their sizes add up
+    paired = JobInput(paired=[sized_file(tmp_path / f"s{i}.h5ad", 310) for i in range(2)])
+    assert resources.from_cohort_size("paired", 2000, 10)(None, paired) == 2000 + 6200
+
+
 def test_resources_of_inputs_not_there_yet_are_left_to_be_determined(tmp_path):
     """A missing input (made by an earlier job), or a job waiting for a checkpoint, raises
     FileNotFoundError naming one of the job's inputs: Snakemake shows <TBD> until it can tell."""

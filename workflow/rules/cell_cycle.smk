@@ -35,7 +35,7 @@ rule cell_cycle:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
+        mem_mb=cosmic_resources.from_cohort_size("cohort", 2000, 10, floor=8000),
     params:
         cell_cycle=config["cell_cycle"],
         samples=list(SAMPLES.index) if not MORPHOLOGY_TABLES else [],

@@ -37,8 +37,8 @@ rule cosmic:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
-        runtime=cosmic_resources.per_attempt(120),
+        mem_mb=cosmic_resources.from_cohort_size("cohort", 2000, 10, floor=8000),
+        runtime=cosmic_resources.from_cohort_size("cohort", 120, 0.2),
     params:
         cosmic=config["cosmic"],
         samples=list(SAMPLES.index),

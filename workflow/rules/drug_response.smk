@@ -33,7 +33,7 @@ rule drug_response:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
+        mem_mb=cosmic_resources.from_cohort_size("cohort", 2000, 10, floor=8000),
     params:
         drug_response=config["drug_response"],
         truth=lambda wildcards, input: (str(Path(input.truth).parent) if DEMO else None),

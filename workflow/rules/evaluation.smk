@@ -17,8 +17,8 @@ rule cosmic_split:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
-        runtime=cosmic_resources.per_attempt(120),
+        mem_mb=cosmic_resources.from_cohort_size("cohort", 2000, 10, floor=8000),
+        runtime=cosmic_resources.from_cohort_size("cohort", 120, 0.2),
     params:
         cosmic=config["cosmic"],
         model_dir=lambda wildcards: f"{RESULTS}/models/cosmic/splits/{wildcards.split}",

@@ -40,7 +40,7 @@ rule cohort:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
+        mem_mb=cosmic_resources.from_cohort_size("paired", 2000, 10, floor=8000),
     params:
         n_pcs=config["rna"]["n_pcs"],
         seed=config["seed"],

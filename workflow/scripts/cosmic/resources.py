@@ -120,3 +120,20 @@ def pair_runtime(wildcards, input, attempt=1) -> int:
 def pairing_by_image_mem_mb(wildcards, input, attempt=1) -> int:
     """2 GB plus 10x the pairing table (10^6 rows, ~30 MB: 2.3 GB)."""
     return _scaled(2000 + 10 * file_mb(input.pairing), attempt)
+
+
+# ----------------------------------------------------------------- cohort-level rules
+
+def from_cohort_size(key: str, base: float, per_mb: float, floor: float = 0.0):
+    """A request of ``base + per_mb`` x the size in MB of the job's input ``key`` (the gzip-compressed
+    cohort, or the paired samples it is built from), at least ``floor``; doubled on each retry.
+
+    Calibration (``benchmarks/scale.py``, 20,000 genes, ~1,250 genes detected per cell): the cohort file
+    is ~6 MB per 1,000 cells, and the peak memory of ``cohort``, ``cosmic``, ``cell_cycle`` and
+    ``drug_response`` grows by 3.5-5.5 MB per MB of it (10^5 cells: 2.5-3.9 GB); ``cosmic`` runs
+    ~1.5 s per MB with 5 epochs, dominated by drawing 100 samples per held-out cell."""
+
+    def request(wildcards, input, attempt=1) -> int:
+        return _scaled(max(floor, base + per_mb * file_mb(named(input, key))), attempt)
+
+    return request

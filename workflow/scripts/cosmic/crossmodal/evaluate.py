@@ -62,7 +62,8 @@ class HeldOut:
         observed = {key[len("observed_"):]: v for key, v in predictions.items() if key.startswith("observed_")}
         x_rep_tr, x_rep_te = np.hstack([train["rep"], train["cov"]]), np.hstack([observed["rep"], observed["cov"]])
         x_rna_tr, x_rna_te = np.hstack([train["rna"], train["cov"]]), np.hstack([observed["rna"], observed["cov"]])
-        base_expr = M.baselines(x_rep_tr, train["expr"], x_rep_te, k)
+        # float32 like the model's predictions: test cells x genes, several copies
+        base_expr = {m: v.astype(np.float32) for m, v in M.baselines(x_rep_tr, train["expr"], x_rep_te, k).items()}
         base_rna = M.baselines(x_rep_tr, train["rna"], x_rep_te, k)
         base_rep = M.baselines(x_rna_tr, train["rep"], x_rna_te, k)
         base_morph = M.baselines(x_rna_tr, train["morph"], x_rna_te, k) if kind.is_foundation else base_rep

@@ -11,9 +11,9 @@ import numpy as np
 from .. import metrics as M
 from .preprocess import dense
 
-# The expression classifier is fitted on at most this many training-cell x gene values (float64: 256 MB),
+# The expression classifier is fitted on at most this many training-cell x gene values (float64: 128 MB),
 # a seeded random subset of at least CLASSIFIER_MIN_CELLS cells when there are more; metrics.json says how many.
-CLASSIFIER_VALUES, CLASSIFIER_MIN_CELLS = 2 ** 25, 2000
+CLASSIFIER_VALUES, CLASSIFIER_MIN_CELLS = 2 ** 24, 2000
 
 REFERENCE_DEFINITIONS = dict(
     labels="RNA-derived cell types: Leiden clusters of training cells (test cells: label of their nearest "

@@ -66,7 +66,7 @@ class Cells:
         return {name: int((self.split == name).sum()) for name in ("train", "val", "test")}
 
 
-def split_cohort(cohort, params: CosmicParams, genes_only: bool = False) -> Cells:
+def split_cohort(cohort, params: CosmicParams, genes_only: bool = False, progress: bool = True) -> Cells:
     """The cohort (AnnData or h5ad path) split into training, validation and test cells by ``params.seed``.
 
     ``genes_only`` (a path): read only the genes the preprocessor can keep, streamed from disk
@@ -84,7 +84,7 @@ def split_cohort(cohort, params: CosmicParams, genes_only: bool = False) -> Cell
     if isinstance(cohort, (str, Path)) and genes_only:
         from .cohort import read_cohort_for_genes
 
-        return Cells(*read_cohort_for_genes(cohort, split_of, params.n_hvg))
+        return Cells(*read_cohort_for_genes(cohort, split_of, params.n_hvg, progress=progress))
     adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
     return Cells(adata, split_of(adata.obs))
 
@@ -92,7 +92,7 @@ def split_cohort(cohort, params: CosmicParams, genes_only: bool = False) -> Cell
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
                 decode_images, truth, progress, generated_images=None, finetune_inputs=None) -> dict:
     started = time.time()
-    cells = split_cohort(cohort, params, genes_only=True)
+    cells = split_cohort(cohort, params, genes_only=True, progress=progress)
     if params.finetune_blocks > 0 and finetune_inputs is not None and finetune_inputs[1]:
         from .finetune import attach_tail_inputs
 
@@ -165,7 +165,7 @@ def _reference(held, predictions, pre, labels, test_cells, seed) -> dict:
     """:func:`reference_metrics` on the test cells, plus the labels they used."""
     lab_tr, lab_te, method = labels
     # a gene is detected where its log-normalised expression is positive (counts > 0)
-    detected = pre.expression(test_cells) > 0
+    detected = held.observed["expr"] > 0
     n_train = len(held.x_rna_train)
     ridge_rep = M.ridge_baseline(held.x_rna_train, held.train["rep"], np.vstack([held.x_rna_train, held.x_rna_test]))
     reference = reference_metrics(

@@ -82,7 +82,7 @@ def run_split(cohort, params, split: int, table_path, outdir_model=None, fitted_
 
     params = split_params(params, split)
     with threadpool_limits(limits=params.num_threads if params.num_threads > 0 else None):
-        cells = split_cohort(cohort, params)
+        cells = split_cohort(cohort, params, genes_only=True, progress=progress)
         if params.finetune_blocks > 0 and images is not None:
             from ..crossmodal.finetune import attach_tail_inputs
 
