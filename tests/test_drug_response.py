@@ -243,3 +243,20 @@ def test_run_with_skipped_comparison_still_writes_everything(tmp_path):
     assert "skipped" in summary["demo_recovery"]["resistance_genes"]
     for fig in dr.FIGURES:
         assert (outdir / "figures" / fig).exists()
+
+
+def test_group_moments_walk_a_sparse_matrix_in_chunks_as_the_dense_computation(monkeypatch):
+    import scipy.sparse as sp
+
+    from cosmic.drug_response import statistics
+
+    rng = np.random.default_rng(0)
+    x = sp.random(500, 40, density=0.2, format="csr", random_state=0)
+    x.data[::7] = 0  # stored zeros count as zeros
+    group = rng.random(500) < 0.4
+    monkeypatch.setattr(statistics, "MOMENT_CHUNK_VALUES", 50)  # a few rows per chunk
+    mean, var, nonzero = statistics._group_moments(x, group)
+    dense = x.toarray()[group]
+    np.testing.assert_allclose(mean, dense.mean(0), atol=1e-12)
+    np.testing.assert_allclose(var, dense.var(0, ddof=1), atol=1e-12)
+    np.testing.assert_allclose(nonzero, (dense != 0).mean(0))

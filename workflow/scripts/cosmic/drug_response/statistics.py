@@ -10,17 +10,27 @@ from .comparisons import Comparison
 from .params import MIN_CELLS, DrugResponseParams
 
 
+MOMENT_CHUNK_VALUES = 2 ** 22  # stored values made float64 at a time by _group_moments
+
+
 def _group_moments(X, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column mean, unbiased variance and fraction of non-zero values of the rows in ``mask``."""
-    sub = X[mask]
-    n = sub.shape[0]
-    if sp.issparse(sub):
-        sub = sp.csr_matrix(sub, dtype=np.float64)
-        mean = np.asarray(sub.mean(axis=0)).ravel()
-        sq = np.asarray(sub.multiply(sub).mean(axis=0)).ravel()
-        nonzero = np.asarray((sub != 0).sum(axis=0)).ravel() / max(n, 1)
+    """Per-column mean, unbiased variance and fraction of non-zero values of the rows in ``mask``; a sparse
+    ``X`` is walked a chunk of rows at a time (no copy of the group's rows)."""
+    mask = np.asarray(mask, dtype=bool)
+    n = int(mask.sum())
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        total, squares, nonzero = (np.zeros(X.shape[1]) for _ in range(3))
+        rows = max(1, int(MOMENT_CHUNK_VALUES // max(1.0, X.nnz / max(1, X.shape[0]))))
+        for start in range(0, X.shape[0], rows):
+            block = X[start:start + rows][mask[start:start + rows]]
+            data = block.data.astype(np.float64)
+            total += np.bincount(block.indices, weights=data, minlength=X.shape[1])
+            squares += np.bincount(block.indices, weights=data ** 2, minlength=X.shape[1])
+            nonzero += np.bincount(block.indices, weights=(data != 0).astype(np.float64), minlength=X.shape[1])
+        mean, sq, nonzero = total / max(n, 1), squares / max(n, 1), nonzero / max(n, 1)
     else:
-        sub = np.asarray(sub, dtype=np.float64)
+        sub = np.asarray(X[mask], dtype=np.float64)
         mean, sq, nonzero = sub.mean(axis=0), (sub ** 2).mean(axis=0), (sub != 0).mean(axis=0)
     var = np.clip(sq - mean ** 2, 0, None) * n / max(n - 1, 1)
     return mean, var, nonzero
@@ -50,7 +60,8 @@ def differential_expression(adata, comp: Comparison, params: DrugResponseParams)
 
     if comp.skipped:
         return pd.DataFrame(columns=DE_COLUMNS)
-    X = adata.X[comp.cells]
+    # every cell compared (treated vs control): the cohort's matrix itself, not a copy
+    X = adata.X if comp.cells.all() else adata.X[comp.cells]
     labels = np.where(comp.is_group, "group", "reference")
     sub = ad.AnnData(X=X, obs=pd.DataFrame({"_group": pd.Categorical(labels, ["group", "reference"])},
                                            index=adata.obs_names[comp.cells]),
