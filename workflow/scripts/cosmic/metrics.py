@@ -98,7 +98,7 @@ def bootstrap_ci(y, pred, statistic=total_r2, n_boot: int = 200, level: float = 
     if n_boot <= 0 or len(y) < 2:
         return {"value": value, "ci_low": float("nan"), "ci_high": float("nan"), "n_boot": 0}
     rng = np.random.default_rng(seed)
-    draws = (rng.integers(0, len(y), len(y)) for _ in range(n_boot))
+    draws = [rng.integers(0, len(y), len(y)) for _ in range(n_boot)]
     if statistic in (total_r2, mean_r2):
         stats = _resampled_r2(y, pred, draws, weighted=statistic is total_r2)
     else:
@@ -111,27 +111,28 @@ def bootstrap_ci(y, pred, statistic=total_r2, n_boot: int = 200, level: float = 
     return {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": int(n_boot)}
 
 
-def _resampled_r2(y, pred, draws, weighted: bool, batch: int = 16) -> np.ndarray:
+def _resampled_r2(y, pred, draws, weighted: bool, block_values: int = 2 ** 22) -> np.ndarray:
     """:func:`total_r2` (``weighted``) or :func:`mean_r2` of each resample of the cells, from per-cell sums
-    weighted by how often each cell was drawn: no resampled copy of ``y`` is made (the same values as
-    indexing, up to summation order)."""
-    columns = np.hstack([(y - pred) ** 2, y ** 2, y])  # SSE, sum of squares, sum: per cell and feature
-    n, width = len(y), y.shape[1]
-    out = []
-    draws = list(draws)
-    for start in range(0, len(draws), batch):
-        weights = np.stack([np.bincount(d, minlength=n) for d in draws[start:start + batch]]).astype(np.float64)
-        sums = weights @ columns
-        sse, squares, total = sums[:, :width], sums[:, width:2 * width], sums[:, 2 * width:]
-        sst = squares - total ** 2 / n
-        sst = np.where(sst > 1e-10 * squares, sst, 0.0)  # a constant feature: rounding, not variance
-        if weighted:
-            out += [1.0 - a.sum() / b.sum() if b.sum() > 0 else np.nan for a, b in zip(sse, sst)]
-            continue
+    weighted by how often each cell was drawn, a block of features at a time: no resampled copy of
+    ``y`` is made (the same values as indexing, up to summation order)."""
+    n, width = y.shape
+    weights = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)  # draws x cells
+    sse, sst = np.zeros((len(weights), width)), np.zeros((len(weights), width))
+    step = max(1, block_values // max(1, n))
+    for start in range(0, width, step):
+        cols = slice(start, start + step)
+        yb, pb = y[:, cols], pred[:, cols]
+        squares, total = weights @ (yb ** 2), weights @ yb
+        sse[:, cols] = weights @ ((yb - pb) ** 2)
+        spread = squares - total ** 2 / n
+        sst[:, cols] = np.where(spread > 1e-10 * squares, spread, 0.0)  # a constant feature: rounding only
+    if weighted:
+        totals = sst.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
-        out += [float(np.nanmean(r)) if np.isfinite(r).any() else np.nan for r in r2]
-    return np.asarray(out, dtype=np.float64)
+            return np.where(totals > 0, 1.0 - sse.sum(1) / np.where(totals > 0, totals, 1.0), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+    return np.array([float(np.nanmean(r)) if np.isfinite(r).any() else np.nan for r in r2])
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,12 +58,20 @@ class Cells:
 
     cohort: object
     split: pd.Series
+    read_here: bool = False  # read from a file by split_cohort (not the caller's object)
 
     def part(self, name: str):
         return self.cohort[(self.split == name).to_numpy()]
 
     def counts(self) -> dict:
         return {name: int((self.split == name).sum()) for name in ("train", "val", "test")}
+
+    def release_expression(self) -> None:
+        """Free the expression matrix of a cohort read here (its shape stays; obs, obsm and uns stay)."""
+        if self.read_here:
+            import scipy.sparse as sp
+
+            self.cohort.X = sp.csr_matrix(self.cohort.shape, dtype=np.float32)
 
 
 def split_cohort(cohort, params: CosmicParams, genes_only: bool = False, progress: bool = True) -> Cells:
@@ -84,9 +92,9 @@ def split_cohort(cohort, params: CosmicParams, genes_only: bool = False, progres
     if isinstance(cohort, (str, Path)) and genes_only:
         from .cohort import read_cohort_for_genes
 
-        return Cells(*read_cohort_for_genes(cohort, split_of, params.n_hvg, progress=progress))
+        return Cells(*read_cohort_for_genes(cohort, split_of, params.n_hvg, progress=progress), read_here=True)
     adata = ad.read_h5ad(cohort) if isinstance(cohort, (str, Path)) else cohort
-    return Cells(adata, split_of(adata.obs))
+    return Cells(adata, split_of(adata.obs), read_here=isinstance(cohort, (str, Path)))
 
 
 def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_path, params, figures_dir,
@@ -105,6 +113,8 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
                           level=params.interval_level)
     held = evaluate.HeldOut.from_predictions(predictions, pre.transform(train_cells, sparse_expression=True), pre.kind,
                                              params.knn_neighbors)
+    if truth is None:  # nothing reads the cohort's expression again (the demo's truth re-reads validation cells)
+        cells.release_expression()
     results, per_gene, table, confusion = _evaluate(cells, held, predictions, fit, params)
     truth_data = load_truth(truth)
     if truth_data:
