@@ -260,3 +260,35 @@ def test_group_moments_walk_a_sparse_matrix_in_chunks_as_the_dense_computation(m
     np.testing.assert_allclose(mean, dense.mean(0), atol=1e-12)
     np.testing.assert_allclose(var, dense.var(0, ddof=1), atol=1e-12)
     np.testing.assert_allclose(nonzero, (dense != 0).mean(0))
+
+
+def test_expression_tests_read_from_the_file_equal_the_in_memory_ones(tmp_path):
+    import scipy.sparse as sp
+
+    from cosmic.cohort_io import read_cohort
+
+    cohort = synthetic_cohort()
+    cohort.X = sp.csr_matrix(cohort.X)
+    cohort.write_h5ad(tmp_path / "cohort.h5ad")
+    shell = read_cohort(tmp_path / "cohort.h5ad", x=False)
+    params = dr.DrugResponseParams()
+    for name in ("treatment", "response"):
+        in_memory = dr.differential_expression(cohort, dr.define_comparisons(cohort.obs, params)[name], params)
+        from_file = dr.differential_expression(shell, dr.define_comparisons(shell.obs, params)[name], params,
+                                               source=tmp_path / "cohort.h5ad")
+        pd.testing.assert_frame_equal(from_file, in_memory)
+
+
+def test_rank_sum_test_on_a_subset_of_large_groups_keeps_moments_of_every_cell():
+    cohort = synthetic_cohort(n_per_arm=150)
+    params = dr.DrugResponseParams(max_de_cells=40)
+    comp = dr.define_comparisons(cohort.obs, params)["treatment"]
+    subset = dr.differential_expression(cohort, comp, params).set_index("gene")
+    assert comp.wilcoxon_cells["group"] == 40 and comp.wilcoxon_cells["reference"] == 40
+    assert comp.describe()["wilcoxon_cells"] == comp.wilcoxon_cells
+    every = dr.differential_expression(cohort, dr.define_comparisons(cohort.obs, dr.DrugResponseParams())["treatment"],
+                                       dr.DrugResponseParams()).set_index("gene")
+    columns = ["mean_group", "mean_reference", "cohens_d", "pct_group", "pct_reference"]
+    pd.testing.assert_frame_equal(subset.loc[every.index, columns], every[columns])
+    # the planted treatment genes still lead on the subset
+    assert set(subset.sort_values("score", ascending=False).index[:len(TREATMENT)]) == set(TREATMENT)

@@ -180,3 +180,21 @@ def stack_x(paths, var_names) -> sp.csr_matrix:
                 filled += block.nnz
                 total_rows += block.shape[0]
     return sp.csr_matrix((data[:filled], indices[:filled], np.concatenate(indptr)), shape=(total_rows, len(var_names)))
+
+
+def read_rows(path, rows: np.ndarray) -> sp.csr_matrix:
+    """The rows ``rows`` (ascending) of the h5ad file's ``X``, read from disk a chunk at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    with open_h5ad(path, "the paired cohort") as handle:
+        matrix = DiskRows(handle)
+        size = max(1, int(CHUNK_VALUES // max(1.0, matrix.row_nnz)))
+        blocks = [sp.csr_matrix(matrix.matrix[rows[i:i + size]], dtype=np.float32) for i in range(0, len(rows), size)]
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
+
+
+def row_blocks(path):
+    """``(start, stop, CSR block)`` over the h5ad file's ``X``, a chunk of rows at a time."""
+    with open_h5ad(path, "the paired cohort") as handle:
+        matrix = DiskRows(handle)
+        for start, stop in matrix.chunks():
+            yield start, stop, matrix.rows(start, stop)

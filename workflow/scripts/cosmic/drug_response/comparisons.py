@@ -32,10 +32,13 @@ class Comparison:
     n_reference: int = 0
     group_samples: list | None = None
     reference_samples: list | None = None
+    wilcoxon_cells: dict | None = None  # cells of each group in the rank-sum test, when a subset
 
     def describe(self) -> dict:
         out = dict(title=self.title, group=self.group, reference=self.reference, n_group=self.n_group,
                    n_reference=self.n_reference, skipped=self.skipped)
+        if self.wilcoxon_cells is not None:
+            out["wilcoxon_cells"] = self.wilcoxon_cells
         if self.skipped is None and self.group_samples is not None:
             out.update(group_samples=self.group_samples, reference_samples=self.reference_samples)
             shared = set(self.group_samples) & set(self.reference_samples)

@@ -24,6 +24,7 @@ class DrugResponseParams:
     seed: int = 0  # fold assignment of the classifiers
     cv_folds: int = 5  # stratified folds of the classifiers
     top_n: int = 20  # genes shown / scored as "top"
+    max_de_cells: int = 20000  # cells per group in the Wilcoxon test (seeded subset of larger groups); 0: all
 
     def __post_init__(self):
         for name in ("treatment_key", "control", "response_key", "resistant", "responsive"):
@@ -35,7 +36,7 @@ class DrugResponseParams:
                                    f"both are {self.resistant!r}")
         if isinstance(self.fdr, bool) or not isinstance(self.fdr, (int, float)) or not 0 < self.fdr < 1:
             raise CosmicInputError(f"config 'drug_response': fdr must be a number between 0 and 1, got {self.fdr!r}")
-        for name, lo in (("seed", 0), ("cv_folds", 2), ("top_n", 1)):
+        for name, lo in (("seed", 0), ("cv_folds", 2), ("top_n", 1), ("max_de_cells", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise CosmicInputError(f"config 'drug_response': {name} must be an integer >= {lo}, got {value!r}")

@@ -38,8 +38,8 @@ def _read_cohort(cohort) -> tuple[Any, str]:
     if isinstance(cohort, (str, Path)) and not Path(cohort).exists():
         raise CosmicInputError(f"drug_response: cohort file '{cohort}' does not exist (paired/cohort.h5ad of the pair "
                                "stage)")
-    # the raw counts layer stays on disk: the tests read log-normalised X
-    adata = read_cohort(cohort) if isinstance(cohort, (str, Path)) else cohort
+    # only annotations are loaded: the tests read X's rows from the file, a chunk at a time
+    adata = read_cohort(cohort, x=False) if isinstance(cohort, (str, Path)) else cohort
     if "X_morph" not in adata.obsm:
         raise CosmicInputError(f"drug_response: {where} has no obsm['X_morph'] (region-property features); obsm keys: "
                                f"{sorted(adata.obsm)}. Regenerate it with the pair stage.")
@@ -57,12 +57,12 @@ def _morphology_feature_names(adata, where: str) -> np.ndarray:
 
 
 def _test_comparisons(adata, comps: Mapping[str, Comparison], morph_names: np.ndarray,
-                      params: DrugResponseParams) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+                      params: DrugResponseParams, source=None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Differential expression and morphology tests of every comparison (morphology tables concatenated)."""
     de, morph_tables = {}, []
     for name, comp in comps.items():
         log.info("drug_response: %s (%s)", name, comp.skipped or f"{comp.n_group} vs {comp.n_reference} cells")
-        de[name] = differential_expression(adata, comp, params)
+        de[name] = differential_expression(adata, comp, params, source)
         if not comp.skipped:
             morph_tables.append(morphology_tests(np.asarray(adata.obsm["X_morph"])[comp.cells], morph_names,
                                                  comp.is_group, params, comparison=name, group=comp.group,
@@ -136,7 +136,8 @@ def run_drug_response(cohort, variance_table, outdir, params=None, truth_dir=Non
 
     comps = define_comparisons(adata.obs, params)
     morph_names = _morphology_feature_names(adata, where)
-    de, morph = _test_comparisons(adata, comps, morph_names, params)
+    de, morph = _test_comparisons(adata, comps, morph_names, params,
+                                  source=cohort if isinstance(cohort, (str, Path)) else None)
     clf = classifiers(adata, comps, params)
     assoc = morphology_associated_genes(variance, de["response"], params)
 

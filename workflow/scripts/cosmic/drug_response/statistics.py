@@ -10,30 +10,62 @@ from .comparisons import Comparison
 from .params import MIN_CELLS, DrugResponseParams
 
 
-MOMENT_CHUNK_VALUES = 2 ** 22  # stored values made float64 at a time by _group_moments
+MOMENT_CHUNK_VALUES = 2 ** 22  # stored values made float64 at a time by group_moments
+
+
+def group_moments(blocks, masks: list[np.ndarray], n_columns: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per column, the mean, unbiased variance and fraction of non-zero values of the rows in each mask
+    (bool over all rows), from ``(start, stop, block)`` row blocks of a sparse or dense matrix: one
+    pass, memory of one block."""
+    sums = [[np.zeros(n_columns) for _ in range(3)] for _ in masks]
+    for start, stop, block in blocks:
+        for (total, squares, nonzero), mask in zip(sums, masks):
+            part = block[np.asarray(mask[start:stop], dtype=bool)]
+            if sp.issparse(part):
+                part = sp.csr_matrix(part)
+                data, columns = part.data.astype(np.float64), part.indices
+                total += np.bincount(columns, weights=data, minlength=n_columns)
+                squares += np.bincount(columns, weights=data ** 2, minlength=n_columns)
+                nonzero += np.bincount(columns, weights=(data != 0).astype(np.float64), minlength=n_columns)
+            else:
+                part = np.asarray(part, dtype=np.float64)
+                total += part.sum(0)
+                squares += (part ** 2).sum(0)
+                nonzero += (part != 0).sum(0)
+    out = []
+    for (total, squares, nonzero), mask in zip(sums, masks):
+        n = int(np.asarray(mask, dtype=bool).sum())
+        mean, sq = total / max(n, 1), squares / max(n, 1)
+        out.append((mean, np.clip(sq - mean ** 2, 0, None) * n / max(n - 1, 1), nonzero / max(n, 1)))
+    return out
+
+
+def matrix_blocks(X, values: int = None):
+    """``(start, stop, block)`` over the rows of an in-memory matrix, about ``values`` stored values each."""
+    values = MOMENT_CHUNK_VALUES if values is None else values
+    stored = X.nnz if sp.issparse(X) else X.shape[0] * X.shape[1]
+    rows = max(1, int(values // max(1.0, stored / max(1, X.shape[0]))))
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    for start in range(0, X.shape[0], rows):
+        yield start, min(X.shape[0], start + rows), X[start:start + rows]
 
 
 def _group_moments(X, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column mean, unbiased variance and fraction of non-zero values of the rows in ``mask``; a sparse
-    ``X`` is walked a chunk of rows at a time (no copy of the group's rows)."""
-    mask = np.asarray(mask, dtype=bool)
-    n = int(mask.sum())
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        total, squares, nonzero = (np.zeros(X.shape[1]) for _ in range(3))
-        rows = max(1, int(MOMENT_CHUNK_VALUES // max(1.0, X.nnz / max(1, X.shape[0]))))
-        for start in range(0, X.shape[0], rows):
-            block = X[start:start + rows][mask[start:start + rows]]
-            data = block.data.astype(np.float64)
-            total += np.bincount(block.indices, weights=data, minlength=X.shape[1])
-            squares += np.bincount(block.indices, weights=data ** 2, minlength=X.shape[1])
-            nonzero += np.bincount(block.indices, weights=(data != 0).astype(np.float64), minlength=X.shape[1])
-        mean, sq, nonzero = total / max(n, 1), squares / max(n, 1), nonzero / max(n, 1)
-    else:
-        sub = np.asarray(X[mask], dtype=np.float64)
-        mean, sq, nonzero = sub.mean(axis=0), (sub ** 2).mean(axis=0), (sub != 0).mean(axis=0)
-    var = np.clip(sq - mean ** 2, 0, None) * n / max(n - 1, 1)
-    return mean, var, nonzero
+    """Per-column mean, unbiased variance and fraction of non-zero values of the rows in ``mask``."""
+    return group_moments(matrix_blocks(X), [np.asarray(mask, dtype=bool)], X.shape[1])[0]
+
+
+def tested_cells(is_group: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """Positions (ascending) of the compared cells in the rank-sum test: every cell, or of a group larger
+    than ``max_cells`` (> 0) a seeded random subset of that many."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for members in (np.flatnonzero(is_group), np.flatnonzero(~is_group)):
+        if max_cells > 0 and len(members) > max_cells:
+            members = rng.choice(members, max_cells, replace=False)
+        picked.append(members)
+    return np.sort(np.concatenate(picked))
 
 
 def cohens_d(mean_a, var_a, n_a, mean_b, var_b, n_b) -> np.ndarray:
@@ -49,34 +81,50 @@ DE_COLUMNS = ["gene", "comparison", "group", "reference", "score", "logfoldchang
               "significant", "mean_group", "mean_reference", "cohens_d", "pct_group", "pct_reference"]
 
 
-def differential_expression(adata, comp: Comparison, params: DrugResponseParams) -> pd.DataFrame:
+def differential_expression(adata, comp: Comparison, params: DrugResponseParams, source=None) -> pd.DataFrame:
     """Wilcoxon rank-sum test of every gene (scanpy), group vs reference, as a tidy table.
 
     ``score`` is scanpy's z statistic (positive: higher in the group), ``logfoldchange`` its log2
-    fold change of the de-logged means, ``pval_adj`` Benjamini-Hochberg over genes.
+    fold change of the de-logged means, ``pval_adj`` Benjamini-Hochberg over genes. The test reads at
+    most ``params.max_de_cells`` cells per group (:func:`tested_cells`; ``comp.wilcoxon_cells`` records
+    a subset); means, Cohen's d and detection rates use every compared cell. ``source``: the h5ad file
+    holding the cohort's ``X`` (then ``adata`` may hold only annotations): its rows are read from disk.
     """
     import anndata as ad
     import scanpy as sc
 
+    from ..cohort_io import read_rows, row_blocks
+
     if comp.skipped:
         return pd.DataFrame(columns=DE_COLUMNS)
-    # every cell compared (treated vs control): the cohort's matrix itself, not a copy
-    X = adata.X if comp.cells.all() else adata.X[comp.cells]
-    labels = np.where(comp.is_group, "group", "reference")
+    rows = np.flatnonzero(comp.cells)
+    tested = tested_cells(comp.is_group, params.max_de_cells, params.seed)
+    if len(tested) < len(rows):
+        comp.wilcoxon_cells = dict(group=int(comp.is_group[tested].sum()), reference=int((~comp.is_group[tested]).sum()),
+                                   note=f"a seeded random subset of at most {params.max_de_cells} cells per group "
+                                        "(drug_response.max_de_cells)")
+    if source is not None:
+        X = read_rows(source, rows[tested])
+    else:  # every cell compared (treated vs control): the cohort's matrix itself, not a copy
+        X = adata.X if len(tested) == adata.n_obs else adata.X[rows[tested]]
+    labels = np.where(comp.is_group[tested], "group", "reference")
     sub = ad.AnnData(X=X, obs=pd.DataFrame({"_group": pd.Categorical(labels, ["group", "reference"])},
-                                           index=adata.obs_names[comp.cells]),
+                                           index=adata.obs_names[rows[tested]]),
                      var=pd.DataFrame(index=adata.var_names.astype(str)))
     sub.uns["log1p"] = dict(adata.uns.get("log1p", {"base": None}))
     sc.tl.rank_genes_groups(sub, "_group", groups=["group"], reference="reference", method="wilcoxon",
                             corr_method="benjamini-hochberg", tie_correct=True, use_raw=False)
     res = sc.get.rank_genes_groups_df(sub, group="group")
+    del sub, X
     res = res.rename(columns={"names": "gene", "scores": "score", "logfoldchanges": "logfoldchange",
                               "pvals": "pval", "pvals_adj": "pval_adj"})
     n_g, n_r = int(comp.is_group.sum()), int((~comp.is_group).sum())
-    m_g, v_g, nz_g = _group_moments(X, comp.is_group)
-    m_r, v_r, nz_r = _group_moments(X, ~comp.is_group)
+    in_group, in_reference = np.zeros(adata.n_obs, bool), np.zeros(adata.n_obs, bool)
+    in_group[rows[comp.is_group]], in_reference[rows[~comp.is_group]] = True, True
+    blocks = row_blocks(source) if source is not None else matrix_blocks(adata.X)
+    (m_g, v_g, nz_g), (m_r, v_r, nz_r) = group_moments(blocks, [in_group, in_reference], adata.n_vars)
     stats = pd.DataFrame({"mean_group": m_g, "mean_reference": m_r, "cohens_d": cohens_d(m_g, v_g, n_g, m_r, v_r, n_r),
-                          "pct_group": nz_g, "pct_reference": nz_r}, index=sub.var_names)
+                          "pct_group": nz_g, "pct_reference": nz_r}, index=adata.var_names.astype(str))
     res = res.join(stats, on="gene")
     res["comparison"], res["group"], res["reference"] = comp.name, comp.group, comp.reference
     res["significant"] = res["pval_adj"] < params.fdr
