@@ -213,12 +213,13 @@ def interval_coverage(y, samples, level: float = 0.9) -> dict:
 # ---------------------------------------------------------------------------------------
 # baselines (fit on training cells only)
 def mean_baseline(y_train, n_test: int) -> np.ndarray:
-    """Predict the training mean for every test cell (``y_train`` dense or sparse)."""
+    """Predict the training mean for every test cell (``y_train`` dense or sparse): a read-only view
+    repeating one row, so it takes no memory per cell."""
     if sp.issparse(y_train):
         mean = np.asarray(y_train.mean(0, dtype=np.float64)).reshape(1, -1)
     else:
         mean = _2d(y_train).mean(0, keepdims=True)
-    return np.repeat(mean, n_test, axis=0)
+    return np.broadcast_to(mean, (n_test, mean.shape[1]))
 
 
 def ridge_baseline(x_train, y_train, x_test, alphas=RIDGE_ALPHAS) -> np.ndarray:
@@ -243,17 +244,28 @@ def sparse_target_ridge(x_train, y_train, x_test, alphas=RIDGE_ALPHAS) -> np.nda
     ``|y - fit|² / (1 - h)²``, whose squared norm expands into products of ``Y`` with ``Z`` only.
     """
     x = np.asarray(x_train, dtype=np.float64)
-    y = sp.csr_matrix(y_train, dtype=np.float64)
+    y = sp.csr_matrix(y_train)
     n = len(x)
     x_mean = x.mean(0)
     u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
     keep = s > s.max() * 1e-10 if len(s) and s.max() > 0 else np.zeros(len(s), bool)
     u, s, vt = u[:, keep], s[keep], vt[keep]
-    y_mean = np.asarray(y.mean(0)).ravel()
-    z = np.asarray((y.T @ u).T)  # U' Y (U is orthogonal to the constant, so equal to U' (Y - mean))
-    y_sq = np.asarray(y.multiply(y).sum(1)).ravel()
-    y_dot_mean = y @ y_mean
-    y_dot_z = np.asarray(y @ z.T)  # n x inputs
+    # every product with Y a chunk of cells at a time, in float64 (memory: one chunk, not a copy of Y)
+    size = max(1, int(2 ** 22 // max(1.0, y.nnz / max(1, n))))
+    chunks = [slice(a, min(n, a + size)) for a in range(0, n, size)]
+    y_sum, z = np.zeros(y.shape[1]), np.zeros((u.shape[1], y.shape[1]))
+    y_sq = np.zeros(n)
+    for rows in chunks:
+        block = y[rows].astype(np.float64)
+        y_sum += np.asarray(block.sum(0)).ravel()
+        z += np.asarray(block.T @ u[rows]).T  # U' Y (U is orthogonal to the constant, so equal to U' (Y - mean))
+        y_sq[rows] = np.asarray(block.multiply(block).sum(1)).ravel()
+    y_mean = y_sum / n
+    y_dot_mean, y_dot_z = np.zeros(n), np.zeros((n, u.shape[1]))
+    for rows in chunks:
+        block = y[rows].astype(np.float64)
+        y_dot_mean[rows] = block @ y_mean
+        y_dot_z[rows] = np.asarray(block @ z.T)
     z_mean, gram = z @ y_mean, z @ z.T
     best = None
     for alpha in alphas:

@@ -111,10 +111,11 @@ def _run_cosmic(cohort, outdir_model, predictions_path, metrics_path, variance_p
     predictions = predict(fit["model"], pre, test_cells, params.n_samples, seed=params.seed,
                           keep=max(params.n_output_samples, params.evaluation_params.n_generated, 1),
                           level=params.interval_level)
-    held = evaluate.HeldOut.from_predictions(predictions, pre.transform(train_cells, sparse_expression=True), pre.kind,
-                                             params.knn_neighbors)
+    train_inputs = pre.transform(train_cells, sparse_expression=True)
     if truth is None:  # nothing reads the cohort's expression again (the demo's truth re-reads validation cells)
         cells.release_expression()
+    held = evaluate.HeldOut.from_predictions(predictions, train_inputs, pre.kind, params.knn_neighbors)
+    del train_inputs
     results, per_gene, table, confusion = _evaluate(cells, held, predictions, fit, params)
     truth_data = load_truth(truth)
     if truth_data:
