@@ -138,3 +138,16 @@ def test_bootstrap_of_r2_by_weights_equals_resampling_the_cells(statistic):
     np.testing.assert_allclose(M._resampled_r2(y, pred, draws, statistic is M.total_r2), expected, rtol=1e-10)
     ci = M.bootstrap_ci(y, pred, statistic, n_boot=40, seed=1)
     assert ci["ci_low"] < ci["value"] < ci["ci_high"]
+
+
+def test_masked_pearson_of_many_features_is_computed_a_block_at_a_time_with_the_same_values():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(2100, 2100)).astype(np.float32)  # above the one-block size (2^22 values)
+    pred = 0.3 * y + rng.normal(size=y.shape).astype(np.float32)
+    detected = rng.random(y.shape) < 0.5
+    y[:, 7] = 1.0  # constant: NaN
+    whole = M.masked_pearson_per_feature(y, pred, detected)
+    by_column = np.array([M.masked_pearson_per_feature(y[:, [j]], pred[:, [j]], detected[:, [j]])[0]
+                          for j in (0, 7, 1000, 2099)])
+    np.testing.assert_allclose(whole[[0, 7, 1000, 2099]], by_column, rtol=1e-10, equal_nan=True)
+    assert whole.shape == (2100,) and np.isnan(whole[7])

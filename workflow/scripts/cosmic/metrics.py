@@ -60,6 +60,13 @@ def masked_pearson_per_feature(y, pred, mask=None, min_cells: int = 5,
     ``constant_prediction`` where the prediction is constant on them. Constancy is judged relative
     to the second moment (float rounding of a repeated value counts as constant).
     """
+    y, pred = np.asarray(y), np.asarray(pred)
+    if y.ndim == 2 and y.shape[0] * y.shape[1] > 2 ** 22:  # features are independent: a block at a time
+        step = max(1, 2 ** 22 // max(1, y.shape[0]))
+        return np.concatenate([
+            masked_pearson_per_feature(y[:, i:i + step], pred[:, i:i + step],
+                                       None if mask is None else np.asarray(mask)[:, i:i + step], min_cells,
+                                       constant_prediction) for i in range(0, y.shape[1], step)])
     y, pred = _2d(y), _2d(pred)
     w = np.ones_like(y) if mask is None else _2d(np.asarray(mask, dtype=bool))
     n = w.sum(0)
