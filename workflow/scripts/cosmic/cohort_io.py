@@ -55,12 +55,12 @@ def read_cohort(path, x: bool = True, what: str = "the paired cohort"):
 
 
 class DiskRows:
-    """Rows of ``X`` of an open h5ad file (sparse CSR/CSC group or dense dataset), read on demand."""
+    """Rows of a matrix of an open h5ad file (``X`` or a layer: sparse CSR/CSC group or dense dataset),
+    read on demand."""
 
-    def __init__(self, handle):
+    def __init__(self, node):
         import anndata as ad
 
-        node = handle["X"]
         self.sparse = node.attrs.get("encoding-type", "") in ("csr_matrix", "csc_matrix")
         self.matrix = ad.io.sparse_dataset(node) if self.sparse else node
         self.shape = tuple(int(v) for v in self.matrix.shape)
@@ -70,10 +70,28 @@ class DiskRows:
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         return sp.csr_matrix(self.matrix[start:stop], dtype=np.float32)
 
+    def chunk_rows(self, values: int = CHUNK_VALUES) -> int:
+        """Rows holding about ``values`` stored values."""
+        return max(1, int(values // max(1.0, self.row_nnz)))
+
     def chunks(self, values: int = CHUNK_VALUES) -> list[tuple[int, int]]:
         """``(start, stop)`` row ranges of about ``values`` stored values each."""
-        size = max(1, int(values // max(1.0, self.row_nnz)))
+        size = self.chunk_rows(values)
         return [(start, min(self.shape[0], start + size)) for start in range(0, self.shape[0], size)]
+
+    def blocks(self, rows: np.ndarray | None = None, columns: np.ndarray | None = None, values: int = CHUNK_VALUES):
+        """CSR blocks (the stored dtype) of the rows ``rows`` (None: all, in order), in that order,
+        restricted to ``columns`` (None: all)."""
+        n = self.shape[0] if rows is None else len(rows)
+        size = self.chunk_rows(values)
+        for start in range(0, n, size):
+            if rows is None:
+                block = sp.csr_matrix(self.matrix[start:start + size])
+            else:
+                wanted = rows[start:start + size]
+                order = np.argsort(wanted, kind="stable")
+                block = sp.csr_matrix(self.matrix[wanted[order]])[np.argsort(order)]
+            yield block if columns is None else block[:, columns]
 
 
 def _sources_have(paths, element: str) -> bool:
@@ -86,24 +104,16 @@ def _sources_have(paths, element: str) -> bool:
     return True
 
 
-def _row_blocks(node, rows: np.ndarray | None, columns: np.ndarray | None, values: int):
-    """CSR blocks of the rows ``rows`` (None: all, in order) of a sparse h5ad element, in that order,
-    restricted to ``columns`` (None: all)."""
+def _columns_of(handle, var_names, source) -> np.ndarray | None:
+    """Positions of ``var_names`` among the open file's genes (None: the same genes in the same order)."""
     import anndata as ad
+    import pandas as pd
 
-    matrix = ad.io.sparse_dataset(node)
-    n = matrix.shape[0] if rows is None else len(rows)
-    row_nnz = node["data"].shape[0] / max(1, matrix.shape[0])
-    size = max(1, int(values // max(1.0, row_nnz)))
-    for start in range(0, n, size):
-        stop = min(n, start + size)
-        if rows is None:
-            block = sp.csr_matrix(matrix[start:stop])
-        else:
-            wanted = rows[start:stop]
-            order = np.argsort(wanted, kind="stable")
-            block = sp.csr_matrix(matrix[wanted[order]])[np.argsort(order)]
-        yield block if columns is None else block[:, columns]
+    genes = pd.Index(ad.io.read_elem(handle["var"]).index)
+    columns = genes.get_indexer(var_names)
+    if (columns < 0).any():
+        raise ValueError(f"{source}: lacks genes of the output, e.g. {list(pd.Index(var_names)[columns < 0][:3])}")
+    return None if np.array_equal(columns, np.arange(len(genes))) else columns
 
 
 def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values: int = CHUNK_VALUES,
@@ -116,7 +126,6 @@ def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values
     ``keep_x``: write ``adata.X`` itself (then ``"X"`` should not be among ``elements``)."""
     import anndata as ad
     import h5py
-    import pandas as pd
 
     from .atomic import atomic_path
 
@@ -134,13 +143,8 @@ def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values
                 written = None
                 for source, rows in sources:
                     with h5py.File(source, "r") as handle:
-                        source_genes = pd.Index(ad.io.read_elem(handle["var"]).index)
-                        columns = source_genes.get_indexer(adata.var_names)
-                        if (columns < 0).any():
-                            raise ValueError(f"{source}: lacks genes of the output, e.g. "
-                                             f"{list(adata.var_names[columns < 0][:3])}")
-                        columns = None if np.array_equal(columns, np.arange(len(source_genes))) else columns
-                        for block in _row_blocks(handle[element], rows, columns, values):
+                        columns = _columns_of(handle, adata.var_names, source)
+                        for block in DiskRows(handle[element]).blocks(rows, columns, values):
                             if written is None:
                                 ad.io.write_elem(parent, name, block, dataset_kwargs=dict(compression="gzip"))
                                 written = ad.io.sparse_dataset(parent[name])
@@ -155,24 +159,17 @@ def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values
 def stack_x(paths, var_names) -> sp.csr_matrix:
     """The ``X`` of the h5ad files at ``paths`` stacked row-wise (float32 CSR over ``var_names``), read a
     chunk of cells at a time into arrays allocated once (no concatenated copies)."""
-    import anndata as ad
     import h5py
-    import pandas as pd
 
-    var_names = pd.Index(var_names)
-    counted = []
+    total_nnz = 0
     for path in paths:
         with h5py.File(path, "r") as handle:
-            columns = pd.Index(ad.io.read_elem(handle["var"]).index).get_indexer(var_names)
-            counted.append((path, columns, int(handle["X"]["data"].shape[0])))
-    total_rows, total_nnz = 0, sum(n for _, _, n in counted)
+            total_nnz += int(handle["X"]["data"].shape[0])
     data, indices = np.empty(total_nnz, np.float32), np.empty(total_nnz, np.int32)
-    indptr, filled = [np.zeros(1, np.int64)], 0
-    for path, columns, _ in counted:
+    indptr, filled, total_rows = [np.zeros(1, np.int64)], 0, 0
+    for path in paths:
         with h5py.File(path, "r") as handle:
-            keep = None if np.array_equal(columns, np.arange(len(columns))) and \
-                len(columns) == handle["X"].attrs["shape"][1] else columns
-            for block in _row_blocks(handle["X"], None, keep, CHUNK_VALUES):
+            for block in DiskRows(handle["X"]).blocks(columns=_columns_of(handle, var_names, path)):
                 block.sort_indices()
                 data[filled:filled + block.nnz] = block.data
                 indices[filled:filled + block.nnz] = block.indices
@@ -183,18 +180,18 @@ def stack_x(paths, var_names) -> sp.csr_matrix:
 
 
 def read_rows(path, rows: np.ndarray) -> sp.csr_matrix:
-    """The rows ``rows`` (ascending) of the h5ad file's ``X``, read from disk a chunk at a time."""
-    rows = np.asarray(rows, dtype=np.int64)
+    """The rows ``rows`` of the h5ad file's ``X`` (float32), read from disk a chunk at a time."""
     with open_h5ad(path, "the paired cohort") as handle:
-        matrix = DiskRows(handle)
-        size = max(1, int(CHUNK_VALUES // max(1.0, matrix.row_nnz)))
-        blocks = [sp.csr_matrix(matrix.matrix[rows[i:i + size]], dtype=np.float32) for i in range(0, len(rows), size)]
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
+        matrix = DiskRows(handle["X"])
+        blocks = list(matrix.blocks(np.asarray(rows, dtype=np.int64)))
+    if not blocks:
+        return sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
+    return sp.csr_matrix(sp.vstack(blocks, format="csr"), dtype=np.float32)
 
 
 def row_blocks(path):
     """``(start, stop, CSR block)`` over the h5ad file's ``X``, a chunk of rows at a time."""
     with open_h5ad(path, "the paired cohort") as handle:
-        matrix = DiskRows(handle)
+        matrix = DiskRows(handle["X"])
         for start, stop in matrix.chunks():
             yield start, stop, matrix.rows(start, stop)

@@ -91,3 +91,12 @@ def make_splits(obs: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.15, 0.15
         out[idx[n_train:n_train + n_val]] = "val"
         out[idx[n_train + n_val:]] = "test"
     return pd.Series(pd.Categorical(out, categories=list(SPLITS)), index=obs.index, name="split")
+
+
+def subset_indices(n: int, size: int, rng) -> np.ndarray:
+    """Ascending indices of at most ``size`` of ``n`` items: all of them, or a random subset drawn
+    without replacement by ``rng`` (a numpy Generator or a seed)."""
+    size = max(0, int(size))
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(rng).choice(n, size, replace=False))

@@ -58,7 +58,7 @@ def read_cohort_for_genes(path, split_of: Callable[[pd.DataFrame], pd.Series], n
         parts = read_parts(handle)
         obs, var = parts["obs"], parts["var"]
         split = split_of(obs)
-        matrix = DiskRows(handle)
+        matrix = DiskRows(handle["X"])
         train_rows = np.flatnonzero((split == "train").to_numpy())
 
         def bar(desc):

@@ -22,6 +22,7 @@ from torch import nn
 
 import numpy as np
 
+from ..splits import subset_indices
 from .diffusion import ResidualDiffusion
 from .nets import _mlp
 from .params import CosmicParams
@@ -197,10 +198,8 @@ class DiffusionCosmicModel(nn.Module):
             mean = sums[i][0] / n
             variance = (sums[i][1] / n - mean ** 2).clamp_min(0.0)
             size = max(2, budget // max(1, module.out_dim))
-            subset = np.arange(n) if n <= size else np.sort(rng.choice(n, size, replace=False))
-            sample = torch.cat([self.residuals(take(train, subset[rows]))[i]
-                                for rows in row_chunks({"x": subset[:, None]}, budget // max(1, module.out_dim))])
-            module.fit_basis(sample, mean.float(), variance.float())
+            subset = subset_indices(n, size, rng)
+            module.fit_basis(self.residuals(take(train, subset))[i], mean.float(), variance.float())
             if len(subset) < n:
                 module.refit_spread(self.residuals(take(train, rows))[i] for rows in chunks)
         self.train(training)

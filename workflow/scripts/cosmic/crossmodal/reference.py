@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from .. import metrics as M
+from ..splits import subset_indices
 from .preprocess import dense
 
 # The expression classifier is fitted on at most this many training-cell x gene values (float64: 128 MB),
@@ -85,8 +86,7 @@ def _morphology_to_rna(y_expr, pred_expr, expr_sample, detected, expr_train, lab
             within["per_stratum_cosmic"] = w["per_group"]
     within["strata"] = strata_name
     n_fit = max(CLASSIFIER_MIN_CELLS, CLASSIFIER_VALUES // max(1, expr_train.shape[1]))
-    rows = np.arange(len(lab_tr)) if len(lab_tr) <= n_fit else \
-        np.sort(np.random.default_rng(seed).choice(len(lab_tr), n_fit, replace=False))
+    rows = subset_indices(len(lab_tr), n_fit, seed)
     clf, _ = M.classifier_transfer(dense(expr_train[rows]), lab_tr[rows],
                                    {"observed": y_expr, **{m: pred_expr[m] for m in methods},
                                     "cosmic_sample": expr_sample}, lab_te)

@@ -33,11 +33,6 @@ class SparseRows:
             idx = idx.cpu().numpy()
         return torch.from_numpy(self.matrix[idx].toarray()).to(self.device)
 
-    def chunks(self, values: int = CHUNK_VALUES):
-        """Row slices that cover the matrix, each of about ``values`` dense values."""
-        size = max(1, values // max(1, self.shape[1]))
-        return [slice(start, min(len(self), start + size)) for start in range(0, len(self), size)]
-
     def column_variances(self) -> np.ndarray:
         return gene_variances(self.matrix)
 

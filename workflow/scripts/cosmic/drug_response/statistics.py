@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..splits import subset_indices
 from .comparisons import Comparison
 from .params import MIN_CELLS, DrugResponseParams
 
@@ -62,8 +63,8 @@ def tested_cells(is_group: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picked = []
     for members in (np.flatnonzero(is_group), np.flatnonzero(~is_group)):
-        if max_cells > 0 and len(members) > max_cells:
-            members = rng.choice(members, max_cells, replace=False)
+        if max_cells > 0:
+            members = members[subset_indices(len(members), max_cells, rng)]
         picked.append(members)
     return np.sort(np.concatenate(picked))
 

@@ -47,8 +47,9 @@ def _pair(real, generated) -> tuple[np.ndarray, np.ndarray]:
 
 def _subsample(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """At most ``n`` rows of ``a``, drawn without replacement (kept in their original order)."""
-    n = max(0, int(n))
-    return a if len(a) <= n else a[np.sort(rng.choice(len(a), n, replace=False))]
+    from ..splits import subset_indices
+
+    return a if len(a) <= max(0, int(n)) else a[subset_indices(len(a), n, rng)]
 
 
 # ---------------------------------------------------------------------------------------

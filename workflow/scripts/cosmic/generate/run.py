@@ -41,10 +41,9 @@ def split_latents(cohort, cosmic_params, split: int):
 
 def generated_cells(test_names: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
     """Indices (into the test cells, ascending) of the cells nuclei are drawn for."""
-    n = len(test_names)
-    if n <= max_cells:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_cells, replace=False))
+    from ..splits import subset_indices
+
+    return subset_indices(len(test_names), max_cells, seed)
 
 
 def run_generate_split(cohort, crop_banks: dict, cosmic_params, generate_params, split: int, outdir, out_path,
