@@ -77,3 +77,35 @@ def test_read_cohort_leaves_layers_on_disk(paired_files):
     cohort = read_cohort(paired_files[0])
     assert not cohort.layers and cohort.n_obs == 70 and "X_morph" in cohort.obsm
     assert read_cohort(paired_files[0], x=False).X.nnz == 0
+
+
+def test_cohort_embedding_fitted_on_a_subset_projects_every_cell(paired_files, tmp_path):
+    import scanpy as sc
+
+    out = tmp_path / "cohort.h5ad"
+    pairing.build_cohort_from_files(paired_files, out, n_pcs=3, seed=0, max_fit_cells=60)
+    cohort = ad.read_h5ad(out)
+    rows = pairing.embedding_fit_rows(cohort.obs["sample"], 60, seed=0)
+    assert cohort.uns["pca"]["fit_cells"] == len(rows) < cohort.n_obs
+    assert set(cohort.obs["sample"].iloc[rows]) == {"a", "b"}  # every sample is in the fit
+    fit = ad.AnnData(X=cohort.X[rows].copy(), obs=cohort.obs.iloc[rows].copy(), var=pd.DataFrame(index=cohort.var_names))
+    sc.pp.highly_variable_genes(fit, n_top_genes=min(2000, fit.n_vars), batch_key="sample")
+    sc.pp.pca(fit, n_comps=3, mask_var="highly_variable", random_state=0)
+    np.testing.assert_array_equal(cohort.var["highly_variable"], fit.var["highly_variable"])
+    # the fit cells' projection is scanpy's PCA of the subset; the other cells are projected the same way
+    np.testing.assert_allclose(cohort.obsm["X_pca"][rows], fit.obsm["X_pca"], rtol=1e-4, atol=1e-5)
+    hvg = fit.var["highly_variable"].to_numpy()
+    rest = np.setdiff1d(np.arange(cohort.n_obs), rows)
+    centred = cohort.X[rest][:, hvg].toarray() - np.asarray(fit.X[:, hvg].mean(0))
+    np.testing.assert_allclose(cohort.obsm["X_pca"][rest], centred @ fit.varm["PCs"][hvg], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(cohort.obsm["X_rna"], cohort.obsm["X_pca"])
+    assert (cohort.X != sp.vstack([ad.read_h5ad(p).X for p in paired_files])).nnz == 0
+
+
+def test_embedding_fit_rows_keep_each_samples_share():
+    sample = np.array(["a"] * 9000 + ["b"] * 1000)
+    rows = pairing.embedding_fit_rows(sample, 1000, seed=3)
+    assert np.all(np.diff(rows) > 0)
+    assert (sample[rows] == "a").sum() == 900 and (sample[rows] == "b").sum() == 100
+    np.testing.assert_array_equal(rows, pairing.embedding_fit_rows(sample, 1000, seed=3))
+    assert len(pairing.embedding_fit_rows(sample, 0, seed=3)) == 10000

@@ -43,6 +43,7 @@ rule cohort:
         mem_mb=cosmic_resources.from_cohort_size("paired", 2000, 10, floor=8000),
     params:
         n_pcs=config["rna"]["n_pcs"],
+        max_fit_cells=config["rna"]["max_fit_cells"],
         seed=config["seed"],
     script:
         "../scripts/cohort.py"

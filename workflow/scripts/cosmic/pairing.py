@@ -11,6 +11,7 @@ from __future__ import annotations
 # anndata is imported where it is used: the segment rule's environment (imaging.yaml) reads
 # pairing tables through this module and has no anndata.
 
+import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import tifffile
 from scipy.spatial import cKDTree
 
 from .atomic import atomic_path
 from .errors import CosmicDataWarning, CosmicInputError
 from .nuclei import feature_columns
+
+log = logging.getLogger(__name__)
 
 PAIRING_COLUMNS = ("barcode", "image", "y", "x")
 SAMPLE_METADATA = ("condition", "cell_line", "treatment", "response")
@@ -378,23 +382,83 @@ def _joint_embedding(cohort: ad.AnnData, n_pcs: int, seed: int, embedding: str |
     return cohort
 
 
-def build_cohort_from_files(paths: list, out_path, n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
-    """:func:`build_cohort` of the paired h5ad files at ``paths``, written to ``out_path``, holding one copy
-    of the log-normalised expression (read into one preallocated matrix) and never the raw counts
-    (``layers["counts"]`` is copied from the files a chunk of cells at a time). Returns the cohort
-    (without its counts)."""
-    import anndata as ad
+def embedding_fit_rows(sample, max_cells: int, seed: int = 0) -> np.ndarray:
+    """Ascending rows the cohort's highly variable genes and PCA are fitted on: every row when there are
+    at most ``max_cells`` (0: no limit), else a seeded subset of about ``max_cells`` with each sample's
+    share of the cohort (at least 50 cells of a sample, or all of it), so no sample is left out."""
+    from .splits import subset_indices
 
-    from .cohort_io import read_cohort, stack_x, write_streamed
+    sample = np.asarray(sample).astype(str)
+    n = len(sample)
+    if max_cells <= 0 or n <= max_cells:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in pd.unique(sample):
+        members = np.flatnonzero(sample == name)
+        share = max(min(50, len(members)), int(round(max_cells * len(members) / n)))
+        rows.append(members[subset_indices(len(members), share, rng)])
+    return np.sort(np.concatenate(rows))
+
+
+def _file_rows(paths, n_rows: list[int], rows: np.ndarray):
+    """``(path, rows of that file)`` for ascending cohort ``rows`` over files stacked in turn."""
+    offsets = np.concatenate([[0], np.cumsum(n_rows)])
+    for path, start, stop in zip(paths, offsets[:-1], offsets[1:]):
+        yield path, rows[(rows >= start) & (rows < stop)] - start
+
+
+def build_cohort_from_files(paths: list, out_path, n_pcs: int = 30, seed: int = 0, max_fit_cells: int = 20000,
+                            progress: bool = True) -> ad.AnnData:
+    """:func:`build_cohort` of the paired h5ad files at ``paths``, written to ``out_path`` without holding
+    the cohort's expression: the highly variable genes and PCA are fitted (scanpy) on at most
+    ``max_fit_cells`` cells (:func:`embedding_fit_rows`; 0: every cell; ``uns["pca"]["fit_cells"]`` says
+    how many), every cell is projected on the components a chunk at a time, and ``X`` and
+    ``layers["counts"]`` are copied from the files a chunk of cells at a time. Returns the cohort's
+    annotations (its ``X`` is empty)."""
+    import anndata as ad
+    import h5py
+    from tqdm.auto import tqdm
+
+    from .cohort_io import DiskRows, _columns_of, read_cohort, write_streamed
 
     shells = [read_cohort(p, x=False, what="a paired sample") for p in paths]
+    n_rows = [s.n_obs for s in shells]
     cohort = _checked_cohort(ad.concat(shells, join="inner", merge="same", uns_merge="same", index_unique=None),
                              shells[0])
     embedding = shells[0].uns.get("rna_embedding")
     del shells
-    cohort.X = stack_x(paths, cohort.var_names)
-    cohort = _joint_embedding(cohort, n_pcs, seed, embedding)
-    write_streamed(cohort, out_path, [(p, None) for p in paths], elements=("layers/counts",), keep_x=True)
+    genes = cohort.var_names
+    fit_rows = embedding_fit_rows(cohort.obs["sample"], max_fit_cells, seed)
+    if len(fit_rows) < cohort.n_obs:
+        log.warning("cohort: highly variable genes and PCA fitted on a seeded subset of %d of %d cells "
+                    "(rna.max_fit_cells); every cell is projected on its components", len(fit_rows), cohort.n_obs)
+    blocks = []
+    for path, rows in _file_rows(paths, n_rows, fit_rows):
+        with h5py.File(path, "r") as handle:
+            blocks += list(DiskRows(handle["X"]).blocks(rows, _columns_of(handle, genes, path)))
+    fit = ad.AnnData(X=sp.csr_matrix(sp.vstack(blocks, format="csr"), dtype=np.float32),
+                     obs=cohort.obs.iloc[fit_rows].copy(), var=pd.DataFrame(index=genes))
+    del blocks
+    fit = _joint_embedding(fit, n_pcs, seed, embedding=None)
+    hvg = np.flatnonzero(fit.var["highly_variable"].to_numpy(bool))
+    components = np.asarray(fit.varm["PCs"], dtype=np.float64)[hvg]
+    shift = np.asarray(fit.X[:, hvg].mean(0), dtype=np.float64).ravel() @ components  # scanpy centres on the fit cells
+    for column in fit.var.columns:
+        cohort.var[column] = fit.var[column].to_numpy()
+    cohort.varm["PCs"] = fit.varm["PCs"]
+    cohort.uns["hvg"], cohort.uns["pca"] = fit.uns["hvg"], dict(fit.uns["pca"], fit_cells=len(fit_rows))
+    del fit
+    scores = []
+    for path in tqdm(paths, desc="cohort: PCA projection", disable=not progress, leave=False):
+        with h5py.File(path, "r") as handle:
+            columns = _columns_of(handle, genes, path)
+            file_hvg = hvg if columns is None else columns[hvg]
+            scores += [np.asarray(b @ components) - shift for b in DiskRows(handle["X"]).blocks(columns=file_hvg)]
+    cohort.obsm["X_pca"] = np.vstack(scores).astype(np.float32)
+    if embedding == "pca":
+        cohort.obsm["X_rna"] = cohort.obsm["X_pca"].copy()
+    write_streamed(cohort, out_path, [(p, None) for p in paths], elements=("X", "layers/counts"))
     return cohort
 
 
