@@ -454,3 +454,39 @@ def test_run_cell_cycle_reports_the_pc_angle_baseline(tmp_path):
         diff = rows[rows["baseline"] == "rna_pc_angle"]["diff_mean"].iloc[0]
         assert diff == pytest.approx(score["cosmic"] - score["rna_pc_angle"], abs=2e-5)
         assert (rows["n_cells"] == 160).all()
+
+
+# ---------------------------------------------------------------------------------------
+# scoring a chunk of cells at a time (cohorts too large to hold)
+def test_tirosh_scores_in_chunks_equal_one_scanpy_call(tmp_path, monkeypatch):
+    """Scored a few cells at a time (in memory, sparse or dense, or read from the file), the scores and
+    phases equal scanpy's on the whole matrix: the control genes come from the whole cohort's bins."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    import cosmic.cohort_io
+
+    a = synthetic_expression(n=300, seed=4)
+    a.X = sp.csr_matrix(a.X)
+    genes = cc.cell_cycle_genes(a.var_names, "human")
+    reference = a.copy()
+    sc.tl.score_genes_cell_cycle(reference, s_genes=genes.s_genes, g2m_genes=genes.g2m_genes, random_state=3)
+    path = tmp_path / "cohort.h5ad"
+    a.write_h5ad(path)
+    monkeypatch.setattr(cosmic.cohort_io, "CHUNK_VALUES", 2000)  # ~8 cells per chunk
+    dense = ad.AnnData(X=a.X.toarray(), obs=a.obs, var=a.var)
+    for adata, x in ((a, None), (dense, None), (ad.AnnData(obs=a.obs, var=a.var), path)):
+        scores = cc.tirosh_scores(adata, genes.s_genes, genes.g2m_genes, seed=3, x=x)
+        for column in ("S_score", "G2M_score"):
+            np.testing.assert_allclose(scores[column], reference.obs[column].astype(float), atol=1e-5)  # float32 sums in scanpy
+        assert (scores["phase"].to_numpy() == reference.obs["phase"].to_numpy()).all()
+
+
+def test_run_cell_cycle_from_the_file_equals_in_memory(tmp_path):
+    cohort, pred, crops, _ = synthetic_cohort(tmp_path, n=160)
+    from_file = cc.run_cell_cycle(cohort, None, tmp_path / "file", params={})
+    in_memory = cc.run_cell_cycle(ad.read_h5ad(cohort), None, tmp_path / "memory", params={})
+    for key in ("phase_counts_tirosh", "phase_counts_position", "tirosh_vs_position"):
+        assert from_file["rna"][key] == in_memory["rna"][key]
+    a, b = (pd.read_csv(tmp_path / d / "cells.tsv", sep="\t") for d in ("file", "memory"))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)  # dense vs sparse summation order

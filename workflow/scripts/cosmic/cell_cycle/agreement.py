@@ -100,13 +100,18 @@ def reference_name(key: str) -> str:
 
 # ---------------------------------------------------------------------------------------
 # the baseline
-def rna_pc_angle(adata, seed: int = 0) -> tuple[np.ndarray, str]:
+def rna_pc_angle(adata, seed: int = 0, x=None) -> tuple[np.ndarray, str]:
     """The ``rna_pc_angle`` baseline: ``atan2(PC2, PC1)`` of the cells' RNA PCA scores in [0, 2π),
     and where the scores came from (``obsm['X_pca']``, else a seeded PCA of ``X`` over all genes;
-    see the module docstring). NaN for every cell when no two components can be computed."""
+    see the module docstring; ``x``: the h5ad file holding ``X`` when ``adata`` was read without it).
+    NaN for every cell when no two components can be computed."""
     pcs = np.asarray(adata.obsm["X_pca"], dtype=np.float64) if "X_pca" in adata.obsm else None
     source = "obsm['X_pca']"
     if pcs is None or pcs.ndim != 2 or pcs.shape[1] < 2:
+        if x is not None:
+            from ..cohort_io import read_cohort
+
+            adata = read_cohort(x)
         pcs, source = _pca_of_x(adata, seed), "PCA of X (all genes, centred, unscaled)"
     if pcs is None:
         return np.full(adata.n_obs, np.nan), "none (fewer than 3 cells or genes)"

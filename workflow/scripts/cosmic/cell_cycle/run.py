@@ -45,11 +45,12 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
     p = params if isinstance(params, CellCycleParams) else CellCycleParams.from_config(params)
     outdir = Path(outdir)
     adata, where = _read_adata(cohort, "paired cohort", layers=False)
+    expression = None if adata is cohort else Path(cohort)  # read from the file a chunk of cells at a time
     pred, _ = _read_adata(predictions, "COSMIC predictions")
     if adata.n_obs < 10:
         raise CosmicInputError(f"{where}: {adata.n_obs} paired cells; the cell-cycle analysis needs at least 10")
     sample = _obs_strings(adata, "sample")
-    cells, info = _rna_cells(adata, sample, p, where)
+    cells, info = _rna_cells(adata, sample, p, where, expression)
     rna_phase = cells["phase_position"].to_numpy()
     summary: dict = {"n_cells": int(adata.n_obs), "samples": sorted(pd.unique(sample).tolist()),
                      "params": p.to_dict(), "genes": info["genes"], "rna": _rna_summary(cells, info)}
@@ -90,7 +91,8 @@ def run_cell_cycle(cohort, predictions, outdir, params: Mapping | None = None, t
 # ---------------------------------------------------------------------------------------
 # inputs
 def _read_adata(x, what, layers: bool = True):
-    """``(AnnData or None, how errors name it)``; without ``layers`` they stay on disk (see cosmic.cohort_io)."""
+    """``(AnnData or None, how errors name it)``; without ``layers``, ``X`` and the layers stay on disk
+    (see cosmic.cohort_io)."""
     import anndata as ad
 
     if x is None or isinstance(x, ad.AnnData):
@@ -99,7 +101,7 @@ def _read_adata(x, what, layers: bool = True):
     if not p.exists():
         raise CosmicInputError(f"{describe(p)}: {what} not found; run the rule that writes it first")
     try:
-        return (ad.read_h5ad(p) if layers else read_cohort(p, what=what)), describe(p)
+        return (ad.read_h5ad(p) if layers else read_cohort(p, x=False, what=what)), describe(p)
     except Exception as exc:  # noqa: BLE001
         raise CosmicInputError(f"{describe(p)}: unreadable h5ad ({exc}); delete it and re-run its rule") from exc
 
@@ -138,16 +140,17 @@ class _MorphologyMatrix:
 
 # ---------------------------------------------------------------------------------------
 # RNA
-def _rna_cells(adata, sample: np.ndarray, p: CellCycleParams, where: str) -> tuple[pd.DataFrame, dict]:
-    """One row per cell: ids, Tirosh scores and phase, the position and the phase it implies."""
+def _rna_cells(adata, sample: np.ndarray, p: CellCycleParams, where: str, expression=None) -> tuple[pd.DataFrame, dict]:
+    """One row per cell: ids, Tirosh scores and phase, the position and the phase it implies
+    (``expression``: the h5ad file whose ``X`` is read a chunk of cells at a time; None: ``adata.X``)."""
     rna, info = score_cell_cycle(adata, p.organism, seed=p.seed, n_neighbors=p.n_neighbors,
-                                 method=p.position_method, min_genes=p.min_genes, where=where)
+                                 method=p.position_method, min_genes=p.min_genes, where=where, x=expression)
     cells = pd.DataFrame({"cell_id": adata.obs_names.astype(str), "sample": sample,
                           "barcode": _obs_strings(adata, "barcode")})
     for column in RNA_COLUMNS:
         cells[column] = rna[column].to_numpy()
     cells["cycle_fraction"] = cells["cycle_position"] / TWO_PI
-    cells[BASELINE], info["baseline_source"] = rna_pc_angle(adata, seed=p.seed)
+    cells[BASELINE], info["baseline_source"] = rna_pc_angle(adata, seed=p.seed, x=expression)
     cells[f"{BASELINE}_fraction"] = cells[BASELINE] / TWO_PI
     return cells, info
 

@@ -26,17 +26,71 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / sd
 
 
-def tirosh_scores(adata, s_genes, g2m_genes, seed: int = 0) -> pd.DataFrame:
-    """``S_score``, ``G2M_score`` and ``phase`` from :func:`scanpy.tl.score_genes_cell_cycle`
-    (random control genes drawn with ``seed``); ``adata`` itself is not modified."""
+def expression_blocks(adata, x=None, columns=None):
+    """Blocks of rows (in order) of the log-normalised expression: ``adata.X`` (``x`` None) or the ``X``
+    of the h5ad file at ``x``, read a chunk of cells at a time; restricted to ``columns`` (None: all)."""
+    from ..cohort_io import CHUNK_VALUES, DiskRows, open_h5ad
+
+    if x is None:
+        matrix = adata.X
+        n_rows, n_cols = matrix.shape
+        stored = matrix.nnz if sp.issparse(matrix) else n_rows * n_cols
+        size = max(1, int(CHUNK_VALUES // max(1.0, stored / max(1, n_rows))))
+        for start in range(0, n_rows, size):
+            block = matrix[start:start + size]
+            yield block if columns is None else block[:, columns]
+        return
+    with open_h5ad(x, "the paired cohort") as handle:
+        yield from DiskRows(handle["X"]).blocks(columns=columns)
+
+
+def _gene_means(blocks, n_genes: int, where: str) -> np.ndarray:
+    total, n = np.zeros(n_genes), 0
+    for block in blocks:
+        values = block.data if sp.issparse(block) else np.asarray(block)
+        if np.isnan(values).any():
+            raise CosmicInputError(f"{where}: the log-normalised expression holds NaN; re-run the `rna` and "
+                                   "`pair` rules of the samples that produced it")
+        total += np.asarray(block.sum(0, dtype=np.float64)).ravel()
+        n += block.shape[0]
+    return total / max(1, n)
+
+
+def _anchor_row(gene_means: np.ndarray, block) -> np.ndarray:
+    """A row that, stacked under ``block``, makes every gene's mean over the stack rank exactly as
+    ``gene_means`` ranks (ties kept): the rank times a power of two so large that adding the block's
+    column sums cannot change it in float64. scanpy then bins genes (and draws control genes) as on
+    the whole cohort, so each chunk of cells is scored with the cohort's control genes."""
+    ranks = pd.Series(gene_means).rank(method="min").to_numpy()
+    column_sums = np.abs(np.asarray(block.sum(0, dtype=np.float64))).ravel()
+    big = 2.0 ** (54 + int(np.ceil(np.log2(2.0 * column_sums.max(initial=0.0) + 2.0))))
+    return big * ranks
+
+
+def tirosh_scores(adata, s_genes, g2m_genes, seed: int = 0, x=None) -> pd.DataFrame:
+    """``S_score``, ``G2M_score`` and ``phase`` from :func:`scanpy.tl.score_genes_cell_cycle` (random
+    control genes drawn with ``seed``) of ``adata.X``, or of the ``X`` of the h5ad file at ``x``.
+
+    Cells are scored a chunk at a time; scanpy's expression bins, from which it draws the control
+    genes, come from the gene means of all cells (see :func:`_anchor_row`), so the scores equal
+    those of one call on the whole matrix while memory stays at one chunk. ``adata`` is not modified."""
     import anndata as ad
     import scanpy as sc
 
-    tmp = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=pd.Index(adata.obs_names.astype(str))),
-                     var=pd.DataFrame(index=pd.Index(adata.var_names.astype(str))))
-    tmp.var_names_make_unique()
-    sc.tl.score_genes_cell_cycle(tmp, s_genes=list(s_genes), g2m_genes=list(g2m_genes), random_state=seed)
-    out = tmp.obs[["S_score", "G2M_score", "phase"]].copy()
+    tmp_var = pd.DataFrame(index=pd.Index(adata.var_names.astype(str)))
+    means = _gene_means(expression_blocks(adata, x), adata.n_vars, "the cohort" if x is None else str(x))
+    frames = []
+    for block in expression_blocks(adata, x):
+        anchor = _anchor_row(means, block)
+        if sp.issparse(block):
+            stacked = sp.vstack([sp.csr_matrix(block, dtype=np.float64), sp.csr_matrix(anchor)], format="csr")
+        else:
+            stacked = np.vstack([np.asarray(block, dtype=np.float64), anchor])
+        tmp = ad.AnnData(X=stacked, obs=pd.DataFrame(index=np.arange(stacked.shape[0]).astype(str)), var=tmp_var)
+        tmp.var_names_make_unique()
+        sc.tl.score_genes_cell_cycle(tmp, s_genes=list(s_genes), g2m_genes=list(g2m_genes), random_state=seed)
+        frames.append(tmp.obs[["S_score", "G2M_score", "phase"]].iloc[:-1])  # the anchor row is not a cell
+    out = pd.concat(frames) if frames else pd.DataFrame(columns=["S_score", "G2M_score", "phase"])
     out["S_score"] = out["S_score"].astype(float)
     out["G2M_score"] = out["G2M_score"].astype(float)
     out["phase"] = out["phase"].astype(str)
@@ -129,8 +183,9 @@ def phase_from_position(position, peaks: Mapping[str, float]) -> np.ndarray:
 
 def score_cell_cycle(adata, organism: str = "auto", seed: int = 0, n_neighbors: int = 10,
                      method: str = "pca", min_genes: int = 3, where: str = "input",
-                     resources=None) -> tuple[pd.DataFrame, dict]:
-    """Score log-normalised ``adata.X`` (var_names = gene symbols).
+                     resources=None, x=None) -> tuple[pd.DataFrame, dict]:
+    """Score log-normalised ``adata.X`` (var_names = gene symbols), or the ``X`` of the h5ad file at
+    ``x`` read a chunk of cells at a time (then ``adata`` gives only the names).
 
     Returns a frame indexed like ``adata.obs`` with ``S_score``, ``G2M_score``, ``phase``
     (scanpy / Tirosh), ``cycle_position`` (radians in [0, 2π)), ``phase_position`` (nearest
@@ -138,13 +193,12 @@ def score_cell_cycle(adata, organism: str = "auto", seed: int = 0, n_neighbors: 
     (genes used, peaks, plane coordinates for plotting).
     """
     genes = cell_cycle_genes(adata.var_names, organism, min_genes=min_genes, where=where, resources=resources)
-    scores = tirosh_scores(adata, genes.s_genes, genes.g2m_genes, seed=seed)
+    scores = tirosh_scores(adata, genes.s_genes, genes.g2m_genes, seed=seed, x=x)
     vn = pd.Index(adata.var_names.astype(str))
-
-    def cols(names):
-        return dense(adata.X[:, vn.get_indexer(names)])
-
-    position, info = cycle_position(cols(genes.s_genes), cols(genes.g2m_genes), n_neighbors=n_neighbors,
+    s_columns, g2m_columns = vn.get_indexer(genes.s_genes), vn.get_indexer(genes.g2m_genes)
+    cycle = np.concatenate([s_columns, g2m_columns])
+    expr = np.vstack([dense(b) for b in expression_blocks(adata, x, cycle)] or [np.zeros((0, len(cycle)))])
+    position, info = cycle_position(expr[:, :len(s_columns)], expr[:, len(s_columns):], n_neighbors=n_neighbors,
                                     method=method, scores=scores)
     out = scores.copy()
     out["cycle_position"] = position
