@@ -37,6 +37,7 @@ class RnaParams:
     hvg_flavor: str = "seurat"
     target_sum: float = 1e4
     n_pcs: int = 30
+    max_fit_cells: int = 20000  # used by the `cohort` rule (cosmic.pairing.build_cohort_from_files)
     seed: int = 0
     gene_symbol_column: str | None = None  # var column holding symbols when var_names are IDs
     library_size_key: str | None = None  # obs column of whole-transcriptome library sizes (gene-panel data)
@@ -53,7 +54,7 @@ class RnaParams:
         def is_num(v):
             return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
-        for key in ("min_genes", "min_counts", "min_cells", "seed"):
+        for key in ("min_genes", "min_counts", "min_cells", "max_fit_cells", "seed"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 0:
                 fail(key, "an integer >= 0")
         for key in ("n_top_genes", "n_pcs"):
