@@ -12,7 +12,9 @@ Modules
 RNA side
     * **Tirosh scoring**: :func:`scanpy.tl.score_genes_cell_cycle` with the shipped Tirosh et al.
       (2016) S and G2/M lists (``resources/cell_cycle``), seeded: ``S_score``, ``G2M_score`` and
-      scanpy's discrete ``phase`` (G1 when both scores are negative, else the larger one).
+      scanpy's discrete ``phase`` (G1 when both scores are negative, else the larger one). Large
+      cohorts are scored a chunk of cells at a time from the file, with the control genes of the
+      whole cohort (:func:`scoring.tirosh_scores`).
     * **Continuous position** (``cycle_position``, radians in [0, 2π)): the angle of the first two
       principal components of the z-scored expression of the cycle genes, averaged over each
       cell's nearest neighbours in that PCA space (the Revelio / tricycle idea: cycle genes trace a
