@@ -149,6 +149,19 @@ def test_cohort_level_memory_grows_with_the_cohort_file(tmp_path):
     assert resources.from_cohort_size("paired", 2000, 10)(None, paired) == 2000 + 6200
 
 
+def test_rna_memory_grows_with_the_count_matrix_file_or_folder(tmp_path):
+    demo = JobInput(counts=sized_file(tmp_path / "demo.h5ad", 20))
+    assert resources.rna_mem_mb(None, demo) == 8000 and resources.rna_mem_mb(None, demo, attempt=2) == 16000
+    # a 10x folder counts as the files in it; 50,000 cells x 20,000 genes (480 MB): 2.7 GB measured
+    folder = tmp_path / "filtered_feature_bc_matrix"
+    folder.mkdir()
+    for name, mb in (("matrix.mtx.gz", 1400), ("barcodes.tsv.gz", 1), ("features.tsv.gz", 1)):
+        sized_file(folder / name, mb)
+    assert resources.rna_mem_mb(None, JobInput(counts=str(folder))) == 2000 + 6 * 1402
+    big = JobInput(counts=sized_file(tmp_path / "big.h5ad", 480 * 20))  # 10^6 cells: ~50 GB by extrapolation
+    assert 50_000 < resources.rna_mem_mb(None, big) < 70_000
+
+
 def test_resources_of_inputs_not_there_yet_are_left_to_be_determined(tmp_path):
     """A missing input (made by an earlier job), or a job waiting for a checkpoint, raises
     FileNotFoundError naming one of the job's inputs: Snakemake shows <TBD> until it can tell."""

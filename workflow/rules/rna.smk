@@ -20,7 +20,7 @@ rule rna:
     conda:
         "../envs/rna.yaml"
     resources:
-        mem_mb=cosmic_resources.per_attempt(8000),
+        mem_mb=cosmic_resources.rna_mem_mb,
         runtime=cosmic_resources.per_attempt(60),
     params:
         rna=config["rna"],

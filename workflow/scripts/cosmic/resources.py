@@ -98,6 +98,26 @@ def embed_runtime(wildcards, input, attempt=1) -> int:
     return _scaled(30 + 12 * file_mb(input.crops) / 1024, attempt)
 
 
+# ----------------------------------------------------------------- rna (one sample)
+
+def tree_mb(paths) -> float:
+    """Like :func:`file_mb`, counting a directory (a 10x ``matrix.mtx`` folder) as all the files in it."""
+    total = 0.0
+    for path in as_list(paths):
+        if os.path.isdir(path):
+            total += sum(os.path.getsize(os.path.join(root, name))
+                         for root, _, names in os.walk(path) for name in names) / MB
+        else:
+            total += file_mb(path)
+    return total
+
+
+def rna_mem_mb(wildcards, input, attempt=1) -> int:
+    """2 GB plus 6x the count matrix on disk, at least 8 GB: scanpy holds the sample's counts and their
+    normalised copy (``benchmarks/scale.py``: 2.7 GB for a 480 MB h5ad of 50,000 cells x 20,000 genes)."""
+    return _scaled(max(8000.0, 2000 + 6 * tree_mb(input.counts)), attempt)
+
+
 # ----------------------------------------------------------------- pair (one sample)
 
 def pair_mem_mb(wildcards, input, attempt=1) -> int:
