@@ -44,6 +44,7 @@ rule cohort:
     params:
         n_pcs=config["rna"]["n_pcs"],
         max_fit_cells=config["rna"]["max_fit_cells"],
+        n_top_genes=config["rna"]["n_top_genes"],
         seed=config["seed"],
     script:
         "../scripts/cohort.py"

@@ -16,6 +16,7 @@ cohort = pairing.build_cohort_from_files(
     snakemake.output.h5ad,
     n_pcs=snakemake.params.n_pcs,
     max_fit_cells=snakemake.params.max_fit_cells,
+    n_top_genes=snakemake.params.n_top_genes,
     seed=snakemake.params.seed,
 )
 qc = pd.concat([pd.read_csv(p, sep="\t", dtype={"barcode": str}) for p in snakemake.input.qc])

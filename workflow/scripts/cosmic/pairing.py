@@ -349,12 +349,13 @@ def write_paired(paired: ad.AnnData, path, rna_path) -> None:
     write_streamed(paired, path, [(rna_path, rows)])
 
 
-def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0) -> ad.AnnData:
+def build_cohort(paired: list[ad.AnnData], n_pcs: int = 30, seed: int = 0, n_top_genes: int = 2000) -> ad.AnnData:
     """Concatenate paired samples; recompute the PCA jointly (per-sample PCAs are not comparable)."""
     import anndata as ad
 
     cohort = ad.concat(paired, join="inner", merge="same", uns_merge="same", index_unique=None)
-    return _joint_embedding(_checked_cohort(cohort, paired[0]), n_pcs, seed, paired[0].uns.get("rna_embedding"))
+    return _joint_embedding(_checked_cohort(cohort, paired[0]), n_pcs, seed, paired[0].uns.get("rna_embedding"),
+                            n_top_genes)
 
 
 def _checked_cohort(cohort: ad.AnnData, first: ad.AnnData) -> ad.AnnData:
@@ -367,14 +368,15 @@ def _checked_cohort(cohort: ad.AnnData, first: ad.AnnData) -> ad.AnnData:
     return cohort
 
 
-def _joint_embedding(cohort: ad.AnnData, n_pcs: int, seed: int, embedding: str | None) -> ad.AnnData:
-    """Highly variable genes (per sample) and the PCA of the whole cohort on them (scanpy); the PCA is
+def _joint_embedding(cohort: ad.AnnData, n_pcs: int, seed: int, embedding: str | None,
+                     n_top_genes: int = 2000) -> ad.AnnData:
+    """The ``n_top_genes`` highly variable genes (per sample) and the PCA of the whole cohort on them (scanpy); the PCA is
     also ``obsm["X_rna"]`` when the samples' RNA embedding (``embedding``) is ``pca``."""
     import scanpy as sc
 
     hvg_key = "highly_variable"
     batch = "sample" if cohort.obs["sample"].nunique() > 1 else None
-    sc.pp.highly_variable_genes(cohort, n_top_genes=min(2000, cohort.n_vars), batch_key=batch)
+    sc.pp.highly_variable_genes(cohort, n_top_genes=min(int(n_top_genes), cohort.n_vars), batch_key=batch)
     n_comps = max(1, min(n_pcs, cohort.n_obs - 1, int(cohort.var[hvg_key].sum()) - 1))
     sc.pp.pca(cohort, n_comps=n_comps, mask_var=hvg_key, random_state=seed)
     if embedding == "pca":
@@ -409,7 +411,7 @@ def _file_rows(paths, n_rows: list[int], rows: np.ndarray):
 
 
 def build_cohort_from_files(paths: list, out_path, n_pcs: int = 30, seed: int = 0, max_fit_cells: int = 20000,
-                            progress: bool = True) -> ad.AnnData:
+                            n_top_genes: int = 2000, progress: bool = True) -> ad.AnnData:
     """:func:`build_cohort` of the paired h5ad files at ``paths``, written to ``out_path`` without holding
     the cohort's expression: the highly variable genes and PCA are fitted (scanpy) on at most
     ``max_fit_cells`` cells (:func:`embedding_fit_rows`; 0: every cell; ``uns["pca"]["fit_cells"]`` says
@@ -440,7 +442,7 @@ def build_cohort_from_files(paths: list, out_path, n_pcs: int = 30, seed: int = 
     fit = ad.AnnData(X=sp.csr_matrix(sp.vstack(blocks, format="csr"), dtype=np.float32),
                      obs=cohort.obs.iloc[fit_rows].copy(), var=pd.DataFrame(index=genes))
     del blocks
-    fit = _joint_embedding(fit, n_pcs, seed, embedding=None)
+    fit = _joint_embedding(fit, n_pcs, seed, embedding=None, n_top_genes=n_top_genes)
     hvg = np.flatnonzero(fit.var["highly_variable"].to_numpy(bool))
     components = np.asarray(fit.varm["PCs"], dtype=np.float64)[hvg]
     shift = np.asarray(fit.X[:, hvg].mean(0), dtype=np.float64).ravel() @ components  # scanpy centres on the fit cells
