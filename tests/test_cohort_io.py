@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from cosmic import pairing
-from cosmic.cohort_io import read_cohort, stack_x, write_streamed
+from cosmic.cohort_io import read_cohort, write_streamed
 
 
 def _sample(name: str, n_cells: int, genes: list[str], seed: int) -> ad.AnnData:
@@ -64,13 +64,6 @@ def test_write_streamed_copies_chosen_rows_in_order_in_small_chunks(paired_files
     assert (written.X != source.X[rows]).nnz == 0
     assert (written.layers["counts"] != source.layers["counts"][rows]).nnz == 0
     assert list(written.obs_names) == list(source.obs_names[rows])
-
-
-def test_stack_x_follows_the_output_genes(paired_files):
-    genes = pd.Index([f"g{i}" for i in (5, 1, 30)])
-    stacked = stack_x(paired_files, genes)
-    expected = sp.vstack([ad.read_h5ad(p)[:, genes].X for p in paired_files])
-    assert stacked.shape == (115, 3) and (stacked != expected).nnz == 0
 
 
 def test_read_cohort_leaves_layers_on_disk(paired_files):

@@ -54,6 +54,21 @@ def read_cohort(path, x: bool = True, what: str = "the paired cohort"):
     return ad.AnnData(X=matrix, obs=obs, var=var, obsm=parts["obsm"], uns=parts["uns"])
 
 
+def _rows_holding(values: int, row_nnz: float) -> int:
+    return max(1, int(values // max(1.0, row_nnz)))
+
+
+def matrix_blocks(X, values: int | None = None):
+    """``(start, stop, block)`` over the rows of an in-memory matrix, about ``values`` stored values each
+    (None: :data:`CHUNK_VALUES`); the in-memory counterpart of :func:`row_blocks`."""
+    stored = X.nnz if sp.issparse(X) else X.shape[0] * X.shape[1]
+    rows = _rows_holding(CHUNK_VALUES if values is None else values, stored / max(1, X.shape[0]))
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    for start in range(0, X.shape[0], rows):
+        yield start, min(X.shape[0], start + rows), X[start:start + rows]
+
+
 class DiskRows:
     """Rows of a matrix of an open h5ad file (``X`` or a layer: sparse CSR/CSC group or dense dataset),
     read on demand."""
@@ -70,16 +85,16 @@ class DiskRows:
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         return sp.csr_matrix(self.matrix[start:stop], dtype=np.float32)
 
-    def chunk_rows(self, values: int = CHUNK_VALUES) -> int:
-        """Rows holding about ``values`` stored values."""
-        return max(1, int(values // max(1.0, self.row_nnz)))
+    def chunk_rows(self, values: int | None = None) -> int:
+        """Rows holding about ``values`` stored values (None: :data:`CHUNK_VALUES`)."""
+        return _rows_holding(CHUNK_VALUES if values is None else values, self.row_nnz)
 
-    def chunks(self, values: int = CHUNK_VALUES) -> list[tuple[int, int]]:
+    def chunks(self, values: int | None = None) -> list[tuple[int, int]]:
         """``(start, stop)`` row ranges of about ``values`` stored values each."""
         size = self.chunk_rows(values)
         return [(start, min(self.shape[0], start + size)) for start in range(0, self.shape[0], size)]
 
-    def blocks(self, rows: np.ndarray | None = None, columns: np.ndarray | None = None, values: int = CHUNK_VALUES):
+    def blocks(self, rows: np.ndarray | None = None, columns: np.ndarray | None = None, values: int | None = None):
         """CSR blocks (the stored dtype) of the rows ``rows`` (None: all, in order), in that order,
         restricted to ``columns`` (None: all)."""
         n = self.shape[0] if rows is None else len(rows)
@@ -116,21 +131,19 @@ def _columns_of(handle, var_names, source) -> np.ndarray | None:
     return None if np.array_equal(columns, np.arange(len(genes))) else columns
 
 
-def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values: int = CHUNK_VALUES,
-                   keep_x: bool = False) -> None:
+def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values: int | None = None) -> None:
     """Write ``adata``'s annotations (obs, var, obsm, varm, obsp, uns; its X and layers are ignored) to
     ``path`` atomically, with each matrix of ``elements`` copied from the source h5ad files a chunk of
     rows at a time: ``sources`` is a list of ``(path, rows)``, ``rows`` the source rows in output order
     (None: all), stacked in turn and restricted to ``adata.var_names``. An element missing from any
-    source is left out. Memory stays at one chunk (``values`` stored values), however many cells.
-    ``keep_x``: write ``adata.X`` itself (then ``"X"`` should not be among ``elements``)."""
+    source is left out. Memory stays at one chunk (``values`` stored values), however many cells."""
     import anndata as ad
     import h5py
 
     from .atomic import atomic_path
 
     paths = [p for p, _ in sources]
-    shell = ad.AnnData(X=adata.X if keep_x else None, obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), varm=dict(adata.varm),
+    shell = ad.AnnData(X=None, obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), varm=dict(adata.varm),
                        obsp=dict(adata.obsp), uns=dict(adata.uns))
     with atomic_path(path) as tmp:
         shell.write_h5ad(tmp, compression="gzip")
@@ -154,29 +167,6 @@ def write_streamed(adata, path, sources, elements=("X", "layers/counts"), values
                     ad.io.write_elem(parent, name, sp.csr_matrix((adata.n_obs, adata.n_vars), dtype=np.float32))
                 elif written.shape[0] != adata.n_obs:
                     raise ValueError(f"{path}: wrote {written.shape[0]} rows of {element} for {adata.n_obs} cells")
-
-
-def stack_x(paths, var_names) -> sp.csr_matrix:
-    """The ``X`` of the h5ad files at ``paths`` stacked row-wise (float32 CSR over ``var_names``), read a
-    chunk of cells at a time into arrays allocated once (no concatenated copies)."""
-    import h5py
-
-    total_nnz = 0
-    for path in paths:
-        with h5py.File(path, "r") as handle:
-            total_nnz += int(handle["X"]["data"].shape[0])
-    data, indices = np.empty(total_nnz, np.float32), np.empty(total_nnz, np.int32)
-    indptr, filled, total_rows = [np.zeros(1, np.int64)], 0, 0
-    for path in paths:
-        with h5py.File(path, "r") as handle:
-            for block in DiskRows(handle["X"]).blocks(columns=_columns_of(handle, var_names, path)):
-                block.sort_indices()
-                data[filled:filled + block.nnz] = block.data
-                indices[filled:filled + block.nnz] = block.indices
-                indptr.append(block.indptr[1:].astype(np.int64) + filled)
-                filled += block.nnz
-                total_rows += block.shape[0]
-    return sp.csr_matrix((data[:filled], indices[:filled], np.concatenate(indptr)), shape=(total_rows, len(var_names)))
 
 
 def read_rows(path, rows: np.ndarray) -> sp.csr_matrix:

@@ -29,9 +29,15 @@ def as_list(paths) -> list:
 
 
 def file_mb(paths) -> float:
-    """Total size in MB of ``paths`` (one path or several); ``FileNotFoundError`` naming the
-    first missing one."""
-    return sum(os.path.getsize(path) for path in as_list(paths)) / MB
+    """Total size in MB of ``paths`` (one path or several; a directory, such as a 10x ``matrix.mtx``
+    folder, counts as all the files in it); ``FileNotFoundError`` naming the first missing one."""
+    return sum(_size(path) for path in as_list(paths)) / MB
+
+
+def _size(path) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    return os.path.getsize(path)
 
 
 def named(input, key: str):
@@ -100,22 +106,10 @@ def embed_runtime(wildcards, input, attempt=1) -> int:
 
 # ----------------------------------------------------------------- rna (one sample)
 
-def tree_mb(paths) -> float:
-    """Like :func:`file_mb`, counting a directory (a 10x ``matrix.mtx`` folder) as all the files in it."""
-    total = 0.0
-    for path in as_list(paths):
-        if os.path.isdir(path):
-            total += sum(os.path.getsize(os.path.join(root, name))
-                         for root, _, names in os.walk(path) for name in names) / MB
-        else:
-            total += file_mb(path)
-    return total
-
-
 def rna_mem_mb(wildcards, input, attempt=1) -> int:
     """2 GB plus 6x the count matrix on disk, at least 8 GB: scanpy holds the sample's counts and their
     normalised copy (``benchmarks/scale.py``: 2.7 GB for a 480 MB h5ad of 50,000 cells x 20,000 genes)."""
-    return _scaled(max(8000.0, 2000 + 6 * tree_mb(input.counts)), attempt)
+    return _scaled(max(8000.0, 2000 + 6 * file_mb(input.counts)), attempt)
 
 
 # ----------------------------------------------------------------- pair (one sample)

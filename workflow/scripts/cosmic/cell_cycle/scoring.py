@@ -26,26 +26,18 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / sd
 
 
-def expression_blocks(adata, x=None, columns=None):
+def expression_blocks(adata, x=None):
     """Blocks of rows (in order) of the log-normalised expression: ``adata.X`` (``x`` None) or the ``X``
-    of the h5ad file at ``x``, read a chunk of cells at a time; restricted to ``columns`` (None: all)."""
-    from ..cohort_io import CHUNK_VALUES, DiskRows, open_h5ad
+    of the h5ad file at ``x``, read a chunk of cells at a time."""
+    from ..cohort_io import matrix_blocks, row_blocks
 
-    if x is None:
-        matrix = adata.X
-        n_rows, n_cols = matrix.shape
-        stored = matrix.nnz if sp.issparse(matrix) else n_rows * n_cols
-        size = max(1, int(CHUNK_VALUES // max(1.0, stored / max(1, n_rows))))
-        for start in range(0, n_rows, size):
-            block = matrix[start:start + size]
-            yield block if columns is None else block[:, columns]
-        return
-    with open_h5ad(x, "the paired cohort") as handle:
-        yield from DiskRows(handle["X"]).blocks(columns=columns)
+    for _, _, block in (matrix_blocks(adata.X) if x is None else row_blocks(x)):
+        yield block
 
 
-def _gene_means(blocks, n_genes: int, where: str) -> np.ndarray:
-    total, n = np.zeros(n_genes), 0
+def _gene_means_and_columns(blocks, n_genes: int, columns: np.ndarray, where: str):
+    """One pass over ``blocks``: every gene's mean over all cells, and the ``columns`` of every cell (dense)."""
+    total, n, kept = np.zeros(n_genes), 0, []
     for block in blocks:
         values = block.data if sp.issparse(block) else np.asarray(block)
         if np.isnan(values).any():
@@ -53,7 +45,8 @@ def _gene_means(blocks, n_genes: int, where: str) -> np.ndarray:
                                    "`pair` rules of the samples that produced it")
         total += np.asarray(block.sum(0, dtype=np.float64)).ravel()
         n += block.shape[0]
-    return total / max(1, n)
+        kept.append(dense(block[:, columns]))
+    return total / max(1, n), (np.vstack(kept) if kept else np.zeros((0, len(columns))))
 
 
 def _anchor_row(gene_means: np.ndarray, block) -> np.ndarray:
@@ -67,18 +60,22 @@ def _anchor_row(gene_means: np.ndarray, block) -> np.ndarray:
     return big * ranks
 
 
-def tirosh_scores(adata, s_genes, g2m_genes, seed: int = 0, x=None) -> pd.DataFrame:
+def tirosh_scores(adata, s_genes, g2m_genes, seed: int = 0, x=None, gene_means=None) -> pd.DataFrame:
     """``S_score``, ``G2M_score`` and ``phase`` from :func:`scanpy.tl.score_genes_cell_cycle` (random
     control genes drawn with ``seed``) of ``adata.X``, or of the ``X`` of the h5ad file at ``x``.
 
     Cells are scored a chunk at a time; scanpy's expression bins, from which it draws the control
-    genes, come from the gene means of all cells (see :func:`_anchor_row`), so the scores equal
-    those of one call on the whole matrix while memory stays at one chunk. ``adata`` is not modified."""
+    genes, come from the gene means of all cells (``gene_means``, computed here when None; see
+    :func:`_anchor_row`), so the scores equal those of one call on the whole matrix while memory stays
+    at one chunk. ``adata`` is not modified."""
     import anndata as ad
     import scanpy as sc
 
-    tmp_var = pd.DataFrame(index=pd.Index(adata.var_names.astype(str)))
-    means = _gene_means(expression_blocks(adata, x), adata.n_vars, "the cohort" if x is None else str(x))
+    var = pd.DataFrame(index=pd.Index(adata.var_names.astype(str)))
+    means = gene_means
+    if means is None:
+        means, _ = _gene_means_and_columns(expression_blocks(adata, x), adata.n_vars, np.array([], dtype=int),
+                                           "the cohort" if x is None else str(x))
     frames = []
     for block in expression_blocks(adata, x):
         anchor = _anchor_row(means, block)
@@ -86,7 +83,7 @@ def tirosh_scores(adata, s_genes, g2m_genes, seed: int = 0, x=None) -> pd.DataFr
             stacked = sp.vstack([sp.csr_matrix(block, dtype=np.float64), sp.csr_matrix(anchor)], format="csr")
         else:
             stacked = np.vstack([np.asarray(block, dtype=np.float64), anchor])
-        tmp = ad.AnnData(X=stacked, obs=pd.DataFrame(index=np.arange(stacked.shape[0]).astype(str)), var=tmp_var)
+        tmp = ad.AnnData(X=stacked, obs=pd.DataFrame(index=np.arange(stacked.shape[0]).astype(str)), var=var)
         tmp.var_names_make_unique()
         sc.tl.score_genes_cell_cycle(tmp, s_genes=list(s_genes), g2m_genes=list(g2m_genes), random_state=seed)
         frames.append(tmp.obs[["S_score", "G2M_score", "phase"]].iloc[:-1])  # the anchor row is not a cell
@@ -193,11 +190,12 @@ def score_cell_cycle(adata, organism: str = "auto", seed: int = 0, n_neighbors: 
     (genes used, peaks, plane coordinates for plotting).
     """
     genes = cell_cycle_genes(adata.var_names, organism, min_genes=min_genes, where=where, resources=resources)
-    scores = tirosh_scores(adata, genes.s_genes, genes.g2m_genes, seed=seed, x=x)
     vn = pd.Index(adata.var_names.astype(str))
     s_columns, g2m_columns = vn.get_indexer(genes.s_genes), vn.get_indexer(genes.g2m_genes)
-    cycle = np.concatenate([s_columns, g2m_columns])
-    expr = np.vstack([dense(b) for b in expression_blocks(adata, x, cycle)] or [np.zeros((0, len(cycle)))])
+    # one pass for the gene means (scanpy's bins) and the cycle genes; the scoring pass is the second
+    means, expr = _gene_means_and_columns(expression_blocks(adata, x), adata.n_vars,
+                                          np.concatenate([s_columns, g2m_columns]), where)
+    scores = tirosh_scores(adata, genes.s_genes, genes.g2m_genes, seed=seed, x=x, gene_means=means)
     position, info = cycle_position(expr[:, :len(s_columns)], expr[:, len(s_columns):], n_neighbors=n_neighbors,
                                     method=method, scores=scores)
     out = scores.copy()

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..cohort_io import matrix_blocks
 from ..splits import subset_indices
 from .comparisons import Comparison
 from .params import MIN_CELLS, DrugResponseParams
@@ -41,20 +42,9 @@ def group_moments(blocks, masks: list[np.ndarray], n_columns: int) -> list[tuple
     return out
 
 
-def matrix_blocks(X, values: int = None):
-    """``(start, stop, block)`` over the rows of an in-memory matrix, about ``values`` stored values each."""
-    values = MOMENT_CHUNK_VALUES if values is None else values
-    stored = X.nnz if sp.issparse(X) else X.shape[0] * X.shape[1]
-    rows = max(1, int(values // max(1.0, stored / max(1, X.shape[0]))))
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-    for start in range(0, X.shape[0], rows):
-        yield start, min(X.shape[0], start + rows), X[start:start + rows]
-
-
 def _group_moments(X, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column mean, unbiased variance and fraction of non-zero values of the rows in ``mask``."""
-    return group_moments(matrix_blocks(X), [np.asarray(mask, dtype=bool)], X.shape[1])[0]
+    return group_moments(matrix_blocks(X, MOMENT_CHUNK_VALUES), [np.asarray(mask, dtype=bool)], X.shape[1])[0]
 
 
 def tested_cells(is_group: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
@@ -122,7 +112,7 @@ def differential_expression(adata, comp: Comparison, params: DrugResponseParams,
     n_g, n_r = int(comp.is_group.sum()), int((~comp.is_group).sum())
     in_group, in_reference = np.zeros(adata.n_obs, bool), np.zeros(adata.n_obs, bool)
     in_group[rows[comp.is_group]], in_reference[rows[~comp.is_group]] = True, True
-    blocks = row_blocks(source) if source is not None else matrix_blocks(adata.X)
+    blocks = row_blocks(source) if source is not None else matrix_blocks(adata.X, MOMENT_CHUNK_VALUES)
     (m_g, v_g, nz_g), (m_r, v_r, nz_r) = group_moments(blocks, [in_group, in_reference], adata.n_vars)
     stats = pd.DataFrame({"mean_group": m_g, "mean_reference": m_r, "cohens_d": cohens_d(m_g, v_g, n_g, m_r, v_r, n_r),
                           "pct_group": nz_g, "pct_reference": nz_r}, index=adata.var_names.astype(str))
