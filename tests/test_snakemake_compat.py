@@ -60,7 +60,7 @@ def test_a_snakemake_without_the_expected_internals_is_left_alone():
 
 
 def test_snakemakes_own_dag_is_patched():
-    import snakemake.dag
+    from snakemake.dag import DAG
 
-    assert build_group_jobs_afresh() is True
-    assert getattr(snakemake.dag.DAG.update_groups, "_cosmic_fresh_group_jobs", False)
+    assert build_group_jobs_afresh(DAG) is True
+    assert getattr(DAG.update_groups, "_cosmic_fresh_group_jobs", False)

@@ -19,10 +19,11 @@ from cosmic import resources as cosmic_resources
 from cosmic.crossmodal.representation import for_workflow
 from cosmic.errors import CosmicInputError
 from cosmic.snakemake_compat import build_group_jobs_afresh
+from snakemake.dag import DAG
 
 # group jobs (segment on SLURM) are rebuilt from scratch whenever the DAG is re-planned: see
 # cosmic/snakemake_compat.py for the Snakemake bug this avoids
-build_group_jobs_afresh()
+build_group_jobs_afresh(DAG)
 
 
 def _validate_or_explain(data, schema, explain):

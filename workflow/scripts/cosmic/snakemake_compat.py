@@ -21,15 +21,13 @@ import functools
 _PATCHED = "_cosmic_fresh_group_jobs"
 
 
-def build_group_jobs_afresh(dag_class=None) -> bool:
-    """Make ``DAG.update_groups`` clear the group-job cache first; True when the patch is in place.
+def build_group_jobs_afresh(dag_class) -> bool:
+    """Make ``dag_class.update_groups`` (``snakemake.dag.DAG``, passed in by the workflow: the package
+    does not import Snakemake) clear the group-job cache first; True when the patch is in place.
 
     Idempotent. Leaves Snakemake untouched (returns False) if its internals are not the expected
     ones, so a Snakemake that changed them runs as it is.
     """
-    if dag_class is None:
-        import snakemake.api  # noqa: F401  (importing snakemake.dag first is a circular import)
-        from snakemake.dag import DAG as dag_class
     update_groups = getattr(dag_class, "update_groups", None)
     if update_groups is None:
         return False
