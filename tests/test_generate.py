@@ -192,6 +192,46 @@ def test_resuming_after_interruptions_gives_the_weights_of_an_uninterrupted_run(
     assert seen == [("pretrain", 1)]
 
 
+def test_a_finished_run_is_reused_when_snakemake_deleted_its_outputs(tmp_path):
+    """A rerun (e.g. after an unrelated parameter of the rule changed) finds the finished checkpoint:
+    nothing is retrained, and every declared output, the full training log included, is written again."""
+    crops, conditions, paired = _data(n=16)
+    params = {**TINY, "pretrain_steps": 2, "finetune_steps": 2}
+    first = fit_generator(crops, conditions, paired, params, outdir=tmp_path, progress=False)
+    log = (tmp_path / "train_log.tsv").read_text()
+    for name in ("model.pt", "train_log.tsv", "summary.json"):  # what Snakemake removes before a rerun
+        (tmp_path / name).unlink()
+    seen = []
+    again = fit_generator(crops, conditions, paired, params, outdir=tmp_path, progress=False,
+                          callback=lambda ph, st, loss: seen.append((ph, st)))
+    assert seen == []
+    assert all((tmp_path / name).exists() for name in ("model.pt", "train_log.tsv", "summary.json"))
+    assert (tmp_path / "train_log.tsv").read_text() == log
+    assert [int(line.split("\t")[0]) for line in log.splitlines()[1:]] == [1, 2, 3, 4]
+    a, b = first.state_dict(), again.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_made_on_other_training_cells_is_not_resumed(tmp_path):
+    """Another split with the same sizes (other cells paired, other latents) trains from the start:
+    resuming would hand this split a model that saw its test cells."""
+    crops, conditions, paired = _data(n=16)
+    params = {**TINY, "pretrain_steps": 2, "finetune_steps": 2}
+    fit_generator(crops, conditions, paired, params, outdir=tmp_path, progress=False)
+    other = np.roll(paired, 3)
+    other_conditions = np.roll(conditions, 3, axis=0)
+    assert other.sum() == paired.sum() and not np.array_equal(other, paired)
+    seen = []
+    fit_generator(crops, other_conditions, other, params, outdir=tmp_path, progress=False,
+                  callback=lambda ph, st, loss: seen.append((ph, st)))
+    assert seen == [("pretrain", 1), ("pretrain", 2), ("finetune", 1), ("finetune", 2)]
+    # the same cells with other latents (e.g. another RNA embedding) start over too
+    seen.clear()
+    fit_generator(crops, other_conditions + 1.0, other, params, outdir=tmp_path, progress=False,
+                  callback=lambda ph, st, loss: seen.append((ph, st)))
+    assert seen[0] == ("pretrain", 1)
+
+
 def _disks(n, size, rng):
     r = rng.uniform(2, 6, n)
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2

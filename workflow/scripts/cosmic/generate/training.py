@@ -4,8 +4,10 @@ guidance); atomic checkpoints with a fingerprint, automatic resumption."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..errors import CosmicInputError
 from ..foundation.augmentation import augment
 from ..foundation.data import StepBatchSampler
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 PHASES = ("pretrain", "finetune")
 CHECKPOINT = "last.pt"
 MODEL = "model.pt"
+TRAIN_LOG = "train_log.tsv"
+# the log as training goes, kept with the checkpoint: Snakemake deletes a rule's declared outputs
+# (TRAIN_LOG among them) before rerunning it, while a resumed run needs the rows of earlier sessions
+WORKING_LOG = "last_log.tsv"
 
 
 @dataclass
@@ -82,8 +88,10 @@ def fit_generator(crops, conditions, paired, params: GenerateParams | Mapping | 
     With ``outdir``: ``last.pt`` every ``checkpoint_every`` steps and at each phase's end
     (atomic; model, EMA, optimiser, phase and step, and a fingerprint of the parameters and the
     data's shape); with ``resume`` an interrupted run continues from it (bitwise the same
-    weights on CPU); a checkpoint with another fingerprint is discarded. ``train_log.tsv`` logs
-    every step and ``model.pt`` the finished model (:meth:`ConditionalNucleusDiffusion.load`).
+    weights on CPU); a checkpoint with another fingerprint (other parameters, or other data: the
+    training cells, their latents and the crops' intensity range) is discarded. ``train_log.tsv``
+    logs every step of every session (also when a finished checkpoint is reused) and ``model.pt``
+    the finished model (:meth:`ConditionalNucleusDiffusion.load`).
     ``callback(phase, step, loss)`` runs after every step (and its checkpoint).
     """
     params = params if isinstance(params, GenerateParams) else GenerateParams.from_config(params)
@@ -100,13 +108,33 @@ def fit_generator(crops, conditions, paired, params: GenerateParams | Mapping | 
         outdir.mkdir(parents=True, exist_ok=True)
         if resume:
             _resume(fit)
-        _trim_log(outdir / "train_log.tsv", fit.global_step())
+        _trim_log(outdir / WORKING_LOG, fit.global_step())
     while True:
         _run_phase(fit, progress, callback)
         if fit.phase == len(PHASES) - 1:
             break
         fit.phase, fit.step = fit.phase + 1, 0
+    if outdir is not None:
+        _publish_log(outdir)
     return _finish(fit, n, bank_shape)
+
+
+def _publish_log(outdir: Path):
+    """Copy the working log (every step of every session) to ``train_log.tsv``, atomically."""
+    _open_log(outdir / WORKING_LOG).close()  # a header at least, when no step ever ran
+    with atomic_path(outdir / TRAIN_LOG) as tmp:
+        shutil.copyfile(outdir / WORKING_LOG, tmp)
+
+
+def _data_digest(conditions: np.ndarray, paired_idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> str:
+    """Digest of what a run trains on beyond its sizes: which crops are paired (the split's training
+    cells), their RNA latents and the crops' intensity range, so that a checkpoint of another split or
+    of re-made crops with the same sizes is never resumed (it would have seen this split's test cells)."""
+    h = hashlib.sha256()
+    for part in (np.asarray(paired_idx, dtype=np.int64), np.asarray(conditions[paired_idx], dtype=np.float32),
+                 np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,7 +161,8 @@ def _set_up(params, crops, conditions, paired_idx, bank_shape, outdir) -> _Fit:
                             fused=device.type == "cuda")
     amp_dtype = _amp_dtype(params.mixed_precision, device)
     fingerprint = params.fingerprint(n_crops=len(conditions), bank_shape=list(bank_shape),
-                                     cond_dim=int(conditions.shape[1]), n_paired=len(paired_idx))
+                                     cond_dim=int(conditions.shape[1]), n_paired=len(paired_idx),
+                                     data=_data_digest(conditions, paired_idx, lo, hi))
     return _Fit(params=params, crops=crops, conditions=conditions, paired_idx=paired_idx, model=model, opt=opt,
                 scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype=amp_dtype,
                 schedule=noise_schedule(params), ema=[p.detach().clone() for p in model.parameters()],
@@ -206,7 +235,7 @@ def _run_phase(fit: _Fit, progress: bool, callback):
     lr_at = _lr_lambda(min(p.warmup_steps, total), total)
     bar = tqdm(total=total, initial=fit.step, desc=f"generate {PHASES[phase]}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    tsv = _open_log(fit.outdir / "train_log.tsv") if fit.outdir is not None else None
+    tsv = _open_log(fit.outdir / WORKING_LOG) if fit.outdir is not None else None
     t0 = t_prev = time.perf_counter()
     first, loss = fit.step, float("nan")
     try:
