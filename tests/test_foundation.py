@@ -357,6 +357,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, banks):
     assert s4["start_step"] == 0
 
 
+def test_a_finished_run_retrains_when_the_crops_change(tmp_path, banks):
+    """A new sample (or re-made crops) reruns pretrain: resuming the finished checkpoint would train
+    0 steps on them and hand back the old model; an unchanged corpus still resumes."""
+    params = dict(TINY, max_steps=8, checkpoint_every=4)
+    fm.train(banks, tmp_path / "out", params, progress=False)
+    same = fm.train(banks, tmp_path / "out", params, progress=False)
+    assert same["start_step"] == 8  # nothing to redo
+    c, rc = blob_crops(16, seed=3)
+    added = fm.train([*banks, write_bank(tmp_path / "s3" / "crops.npy", c, rc)], tmp_path / "out", params,
+                     progress=False)
+    assert added["start_step"] == 0 and added["steps"] == 8 and added["n_crops"] == 40 + 24 + 16
+    log = pd.read_csv(tmp_path / "out" / "train_log.tsv", sep="\t")
+    assert list(log["step"]) == list(range(1, 9))  # the old run's rows were dropped
+    # the same number of crops with other pixels (re-segmented) starts over too
+    first = np.load(banks[0])
+    np.save(banks[0], (first * 1.5).astype(first.dtype))
+    fm.train(banks, tmp_path / "out2", params, progress=False, stop_after=4)  # on the re-made crops
+    np.save(banks[0], first)
+    assert fm.train(banks, tmp_path / "out2", params, progress=False)["start_step"] == 0
+
+
 def test_time_limit_stops_and_writes_model(tmp_path, banks):
     s = fm.train(banks, tmp_path / "t", dict(TINY, max_steps=100_000, time_limit_s=1.0), progress=False)
     assert s["stopped_by_time_limit"] and s["steps"] < 100_000

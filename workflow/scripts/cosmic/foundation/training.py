@@ -3,6 +3,8 @@ several under ``torchrun``), checkpoints to ``last.pt`` and resumes from it."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import time
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_json
@@ -20,6 +23,8 @@ from .nets import FoundationModel, build_model
 from .params import _ARCH_KEYS, _LEGACY, FORMAT, FoundationParams
 from .runtime import (_amp_dtype, _autocast, _dist_info, _mix, _resolve_device, _rng_state, _save_torch,
                       _seed_all, _set_rng_state)
+
+log = logging.getLogger(__name__)
 
 
 def train(crop_paths: Sequence, outdir, params: FoundationParams | Mapping | None = None,
@@ -100,6 +105,7 @@ class _Run:
     amp_dtype: torch.dtype | None
     train_model: torch.nn.Module | None = None  # the model as trained: compiled and / or DDP-wrapped
     step: int = 0
+    corpus: str = ""  # corpus_digest of the crops (and targets) trained on, kept in last.pt
 
     @property
     def last(self) -> Path:
@@ -118,9 +124,11 @@ def _train(data, crop_paths, outdir, params, C, S, device, world, rank, is_main,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     outdir.mkdir(parents=True, exist_ok=True)
+    banks = data
     data, n_features, targets = _with_feature_targets(data, crop_paths, outdir, params, world, is_main,
                                                       feature_tables)
     run = _set_up(params, outdir, device, world, rank, is_main, C, S, n_features)
+    run.corpus = corpus_digest(banks, outdir / "feature_targets.npy" if params.objective == "features" else None)
     if resume and run.last.exists():
         _resume(run)
     elif not resume and is_main:
@@ -225,9 +233,25 @@ def _loader(data, run: _Run, end_step: int) -> torch.utils.data.DataLoader:
 
 # ---------------------------------------------------------------------------------------
 # checkpoints
+def corpus_digest(banks: CropBankDataset, targets_path=None, per_bank: int = 16) -> str:
+    """Identity of a training corpus: each bank's number of crops and an evenly spaced sample of its
+    crops, and the region-property targets (``targets_path``, objective ``features``). Cheap at any
+    corpus size; a new sample or re-made crops change it."""
+    h = hashlib.sha256()
+    for b, n in enumerate(banks.sizes):
+        h.update(np.int64(n).tobytes())
+        if n:
+            rows = np.unique(np.linspace(0, n - 1, min(int(n), per_bank)).astype(np.int64))
+            h.update(np.ascontiguousarray(banks.bank(b)[rows]).tobytes())
+    if targets_path is not None and Path(targets_path).exists():
+        h.update(np.ascontiguousarray(np.load(targets_path, mmap_mode="r")).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _resume(run: _Run):
-    """Continue from ``last.pt``: refuse a checkpoint of another architecture or crop shape, then
-    restore model, optimiser, schedule, scaler, step and this rank's RNG states."""
+    """Continue from ``last.pt``: refuse a checkpoint of another architecture or crop shape, start
+    over (with a warning) from one made on other crops, else restore model, optimiser, schedule,
+    scaler, step and this rank's RNG states."""
     params, last = run.params, run.last
     ck = torch.load(last, map_location=run.device, weights_only=False)
     old = ck.get("params", {})
@@ -238,6 +262,11 @@ def _resume(run: _Run):
         raise CosmicInputError(
             f"file '{last}': checkpoint was made with another architecture or crop shape "
             f"({', '.join(diff) or 'input shape'} differ); delete {run.outdir} to start over")
+    if ck.get("corpus") != run.corpus:
+        # e.g. a sample was added or re-segmented: resuming a finished run would train 0 steps on them
+        log.warning("foundation: checkpoint %s was made on other crops (step %s); training from the start on "
+                    "this corpus", last, ck.get("step"))
+        return
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
     run.sched.load_state_dict(ck["scheduler"])
@@ -264,7 +293,7 @@ def _save_checkpoint(run: _Run):
             "n_features": run.n_features, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
             "scheduler": run.sched.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-            "rng": dict(enumerate(rng_states)), "world_size": run.world,
+            "rng": dict(enumerate(rng_states)), "world_size": run.world, "corpus": run.corpus,
         }, run.last)
 
 
