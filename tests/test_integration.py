@@ -89,6 +89,7 @@ RESUME_STATE = tuple(f"{HOSTILE_RESULTS}/models/{path}" for path in (
     "cosmic/training_log.tsv",
     "cosmic/splits/*/*",
     "generate/split_*/last.pt",
+    "generate/split_*/last_log.tsv",
 ))
 
 
