@@ -5,6 +5,7 @@ and atomic ``torch.save``."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 
@@ -64,6 +65,15 @@ def _mix(*ints) -> int:
         h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
+
+
+def array_digest(arrays) -> str:
+    """First 16 hex digits of the SHA-256 of the arrays' bytes (C order), in turn: the identity of a
+    checkpoint's training data."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _save_torch(obj, path):

@@ -3,7 +3,6 @@ several under ``torchrun``), checkpoints to ``last.pt`` and resumes from it."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from .data import CropBankDataset, CropsWithTargets, StepBatchSampler, _identity
 from .nets import FoundationModel, build_model
 from .params import _ARCH_KEYS, _LEGACY, FORMAT, FoundationParams
 from .runtime import (_amp_dtype, _autocast, _dist_info, _mix, _resolve_device, _rng_state, _save_torch,
-                      _seed_all, _set_rng_state)
+                      _seed_all, _set_rng_state, array_digest)
 
 log = logging.getLogger(__name__)
 
@@ -237,15 +236,15 @@ def corpus_digest(banks: CropBankDataset, targets_path=None, per_bank: int = 16)
     """Identity of a training corpus: each bank's number of crops and an evenly spaced sample of its
     crops, and the region-property targets (``targets_path``, objective ``features``). Cheap at any
     corpus size; a new sample or re-made crops change it."""
-    h = hashlib.sha256()
-    for b, n in enumerate(banks.sizes):
-        h.update(np.int64(n).tobytes())
-        if n:
-            rows = np.unique(np.linspace(0, n - 1, min(int(n), per_bank)).astype(np.int64))
-            h.update(np.ascontiguousarray(banks.bank(b)[rows]).tobytes())
-    if targets_path is not None and Path(targets_path).exists():
-        h.update(np.ascontiguousarray(np.load(targets_path, mmap_mode="r")).tobytes())
-    return h.hexdigest()[:16]
+    def parts():
+        for b, n in enumerate(banks.sizes):
+            yield np.int64(n)
+            if n:
+                yield banks.bank(b)[np.unique(np.linspace(0, n - 1, min(int(n), per_bank)).astype(np.int64))]
+        if targets_path is not None and Path(targets_path).exists():
+            yield np.load(targets_path, mmap_mode="r")
+
+    return array_digest(parts())
 
 
 def _resume(run: _Run):

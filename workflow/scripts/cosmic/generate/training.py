@@ -4,7 +4,6 @@ guidance); atomic checkpoints with a fingerprint, automatic resumption."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
@@ -21,7 +20,7 @@ from ..atomic import atomic_path, write_json
 from ..errors import CosmicInputError
 from ..foundation.augmentation import augment
 from ..foundation.data import StepBatchSampler
-from ..foundation.runtime import _amp_dtype, _autocast, _mix, _save_torch
+from ..foundation.runtime import _amp_dtype, _autocast, _mix, _save_torch, array_digest
 from ..foundation.training import _log_step, _lr_lambda, _open_log, _param_groups, _trim_log
 from .data import check_inputs, fit_intensity_scale, read_crops
 from .model import ConditionalNucleusDiffusion, noise_schedule, resolve_device, standardisation
@@ -130,11 +129,8 @@ def _data_digest(conditions: np.ndarray, paired_idx: np.ndarray, lo: np.ndarray,
     """Digest of what a run trains on beyond its sizes: which crops are paired (the split's training
     cells), their RNA latents and the crops' intensity range, so that a checkpoint of another split or
     of re-made crops with the same sizes is never resumed (it would have seen this split's test cells)."""
-    h = hashlib.sha256()
-    for part in (np.asarray(paired_idx, dtype=np.int64), np.asarray(conditions[paired_idx], dtype=np.float32),
-                 np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)):
-        h.update(np.ascontiguousarray(part).tobytes())
-    return h.hexdigest()[:16]
+    return array_digest([np.asarray(paired_idx, dtype=np.int64), np.asarray(conditions[paired_idx], dtype=np.float32),
+                         np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)])
 
 
 # ---------------------------------------------------------------------------------------
