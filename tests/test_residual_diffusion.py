@@ -156,3 +156,52 @@ def test_prediction_in_cell_chunks_keeps_a_few_draws_and_counts_coverage_over_al
     np.testing.assert_allclose(chunked["expr_mean"], whole["expr_mean"], rtol=1e-5, atol=1e-6)
     for key in ("expr", "morph"):
         assert abs(chunked["coverage"][key] - whole["coverage"][key]) < 0.05
+
+
+def test_mean_heads_are_the_average_of_independently_trained_members(tmp_path):
+    from cosmic.crossmodal.prediction import to_tensors
+
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    params = cm.CosmicParams.from_config({**DIFFUSION, "n_heads": 3})
+    fit, out = _fit_predict(a, split, params)
+    model, pre = fit["model"], fit["preprocessor"]
+    test = a[(split == "test").to_numpy()]
+    c_m, c_r = model.conditions(to_tensors(pre.transform(test), "cpu"))
+    with torch.no_grad():
+        members = model.expr_head.members_out(c_m)
+        morph_members = model.morph_head.members_out(c_r)
+    assert members.shape[0] == morph_members.shape[0] == 3
+    # the members learned different functions (own initialisation and dropout), and the head is their mean
+    assert not torch.allclose(members[0], members[1], atol=1e-3)
+    np.testing.assert_allclose(out["expr_mean"], members.mean(0).numpy(), rtol=1e-5, atol=1e-5)
+    # a saved ensemble loads as one
+    cm.save_model(fit, params, tmp_path / "model.pt")
+    loaded, _, loaded_params = cm.load_model(tmp_path / "model.pt")
+    assert loaded_params.n_heads == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.expr_head(c_m), members.mean(0))
+
+
+def _within_cell_covariance(draws: torch.Tensor, ddof: int = 1) -> torch.Tensor:
+    """Pooled covariance of ``n x cells x d`` draws around each cell's own mean."""
+    centred = (draws - draws.mean(0, keepdim=True)).double()
+    return torch.einsum("ncr,ncs->rs", centred, centred) / (draws.shape[1] * (draws.shape[0] - ddof))
+
+
+def test_moment_matching_gives_draws_the_training_residuals_covariance():
+    c, r = _toy(600, seed=5)
+    model = ResidualDiffusion(3, 1, rank=3, hidden=16, n_layers=1, n_steps=6).eval()
+    model.fit_basis(r)  # the denoiser stays untrained: its draws' covariance is far from the scores' identity
+    g = torch.Generator().manual_seed(0)
+    before = _within_cell_covariance(model.sample_scores(c.repeat(16, 1), g).view(16, len(c), 3))
+    assert (before - torch.eye(3, dtype=torch.float64)).abs().max() > 0.1
+    model.match_moments(c, n=8, generator=g)
+    draws = model.sample(c, 16, torch.Generator().manual_seed(1))  # fresh draws (rank = outputs: no leftover)
+    # sample() centres each cell's draws and rescales them by sqrt(n / (n - 1)): their plain mean square is
+    # the unbiased spread
+    after = _within_cell_covariance(model.scores(draws), ddof=0)
+    np.testing.assert_allclose(after.numpy(), np.eye(3), atol=0.12)
+    # the residuals' own covariance is reproduced in the outputs (here the basis spans all of them)
+    outputs = _within_cell_covariance(model.sample(c, 16, torch.Generator().manual_seed(2)), ddof=0)
+    np.testing.assert_allclose(outputs.numpy(), np.cov((r - r.mean(0)).numpy().T, bias=True), atol=0.1)

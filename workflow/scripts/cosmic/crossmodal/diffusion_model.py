@@ -66,6 +66,41 @@ class MeanHead(nn.Module):
         return out if self.factors is None else self.factors(out)
 
 
+class HeadEnsemble(nn.Module):
+    """The average of ``n`` independently initialised :class:`MeanHead` s (a deep ensemble): in training
+    each member fits the target on its own (:meth:`members_out`), so their errors differ and averaging
+    them removes part of each one's estimation noise. Interface of a single head."""
+
+    def __init__(self, n: int, *args, **kwargs):
+        super().__init__()
+        self.members = nn.ModuleList(MeanHead(*args, **kwargs) for _ in range(int(n)))
+
+    @property
+    def linear(self) -> nn.Linear:
+        return self.members[0].linear
+
+    @property
+    def factors(self):
+        return self.members[0].factors
+
+    @torch.no_grad()
+    def set_bias(self, value: torch.Tensor):
+        for member in self.members:
+            member.bias.copy_(value)
+
+    @torch.no_grad()
+    def init_factors(self, basis: torch.Tensor):
+        for member in self.members:
+            member.init_factors(basis)
+
+    def members_out(self, c) -> torch.Tensor:
+        """``members x cells x outputs``."""
+        return torch.stack([member(c) for member in self.members])
+
+    def forward(self, c):
+        return self.members_out(c).mean(0)
+
+
 class DiffusionCosmicModel(nn.Module):
     """Both directions of the ``diffusion`` method (see the module docstring)."""
 
@@ -81,8 +116,9 @@ class DiffusionCosmicModel(nn.Module):
         self.register_buffer("fm_std", torch.ones(rep_dim))
         self.rep_dim, self.morph_dim, self.use_fm = rep_dim, morph_dim, use_fm
         target_dim = rep_dim + (morph_dim if use_fm else 0)
-        self.expr_head = MeanHead(rep_dim + cov_dim, n_genes, p.hidden_dim, p.n_layers, p.dropout, p.head_rank)
-        self.morph_head = MeanHead(rna_dim + cov_dim, target_dim, p.hidden_dim, p.n_layers, p.dropout)
+        self.expr_head = HeadEnsemble(p.n_heads, rep_dim + cov_dim, n_genes, p.hidden_dim, p.n_layers, p.dropout,
+                                      p.head_rank)
+        self.morph_head = HeadEnsemble(p.n_heads, rna_dim + cov_dim, target_dim, p.hidden_dim, p.n_layers, p.dropout)
         shape = dict(hidden=p.hidden_dim, n_layers=p.diffusion_layers, n_steps=p.diffusion_steps,
                      dropout=p.diffusion_dropout, condition_noise=p.condition_noise)
         self.expr_residual = ResidualDiffusion(n_genes, rep_dim + cov_dim, min(p.residual_rank, n_genes), **shape)
@@ -105,12 +141,12 @@ class DiffusionCosmicModel(nn.Module):
         with torch.no_grad():
             self.gene_mean.copy_(torch.from_numpy(st["gene_mean"]))
             self.pca_map.copy_(torch.from_numpy(st["components"].T / st["pc_std"][None, :]))
-            self.expr_head.bias.copy_(self.gene_mean)
+            self.expr_head.set_bias(self.gene_mean)
             if "fm_mean" in st:
                 self.fm_mean.copy_(torch.from_numpy(st["fm_mean"]))
                 self.fm_std.copy_(torch.from_numpy(st["fm_std"]))
             self.expr_head.init_factors(torch.from_numpy(st["components"] * st["pc_std"][:, None]))
-            self.morph_head.bias.zero_()  # standardised targets
+            self.morph_head.set_bias(torch.zeros_like(self.morph_head.members[0].bias))  # standardised targets
 
     @torch.no_grad()
     def set_expr_variance(self, expr):
@@ -151,9 +187,13 @@ class DiffusionCosmicModel(nn.Module):
                 expr_residual, morph_residual = self.residuals(b, c_m, c_r)
             return (self.expr_residual.loss(expr_residual, c_m) + self.morph_residual.loss(morph_residual, c_r)).mean()
         c_m, c_r = self.conditions(b)
+        # in training every ensemble member fits the target on its own; otherwise (validation) the ensemble mean
         if self.phase == "expr_head":
-            return ((self.expr_head(c_m) - b["expr"]) ** 2).mean(1).mean() / self.expr_variance
-        return self._morph_error(self.morph_head(c_r), self.morph_target(b)).mean()
+            pred = self.expr_head.members_out(c_m) if self.training else self.expr_head(c_m)[None]
+            return ((pred - b["expr"][None]) ** 2).mean(-1).mean() / self.expr_variance
+        pred = self.morph_head.members_out(c_r) if self.training else self.morph_head(c_r)[None]
+        target = self.morph_target(b)
+        return torch.stack([self._morph_error(member, target) for member in pred]).mean()
 
     def train(self, mode: bool = True):
         """In the residual phase the heads (and encoder tail) stay in eval mode: the residuals the
@@ -202,6 +242,19 @@ class DiffusionCosmicModel(nn.Module):
             module.fit_basis(self.residuals(take(train, subset))[i], mean.float(), variance.float())
             if len(subset) < n:
                 module.refit_spread(self.residuals(take(train, rows))[i] for rows in chunks)
+        self.train(training)
+
+    @torch.no_grad()
+    def match_residual_moments(self, train: dict, seed: int = 0, max_cells: int = 2048, draws: int = 8):
+        """Both residual diffusions' :meth:`~cosmic.crossmodal.diffusion.ResidualDiffusion.match_moments` at
+        the conditions of at most ``max_cells`` training cells (a seeded subset)."""
+        training = self.training
+        self.eval()
+        rows = subset_indices(n_rows(train), max_cells, np.random.default_rng(seed))
+        c_m, c_r = self.conditions({k: train[k][rows] for k in ("rep", "rna", "cov", "tail") if k in train})
+        gen = torch.Generator(device=c_m.device).manual_seed(seed + 104729)
+        self.expr_residual.match_moments(c_m, draws, gen)
+        self.morph_residual.match_moments(c_r, draws, gen)
         self.train(training)
 
     @torch.no_grad()

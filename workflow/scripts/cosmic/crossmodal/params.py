@@ -18,7 +18,7 @@ CHECKPOINT = "checkpoint.pt"  # resumable training state
 MODEL = "model.pt"  # final model (best validation state + preprocessor + params)
 
 METHODS = ("diffusion", "cvae")
-_INTEGER_MINIMA = (("finetune_blocks", 0), ("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2),
+_INTEGER_MINIMA = (("finetune_blocks", 0), ("n_heads", 1), ("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2),
                    ("diffusion_layers", 1),
                    ("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
                    ("epochs", 0), ("batch_size", 1), ("patience", 1), ("n_samples", 2), ("n_output_samples", 0),
@@ -41,11 +41,13 @@ class CosmicParams:
     dropout: float = 0.5  # lower validation loss than 0.3 on the demo (seeds 0 and 1); 0.1 overfits
     beta: float = 1.0  # KL weight of the residual CVAE
     expr_weight: float = 1.0  # weight of the expression-space loss of morphology -> RNA
+    n_heads: int = 1  # diffusion: each mean head is the average of this many independently trained heads
     head_rank: int = 16  # diffusion: expression head through this many factors (reduced rank; 0: full)
     residual_rank: int = 64  # diffusion: principal directions of the residual modelled jointly
     diffusion_steps: int = 20  # diffusion: denoising steps (cosine schedule, x0 prediction)
     diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
     diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
+    moment_matching: bool = True  # diffusion: draws keep the training residuals' covariance (match_moments)
     finetune_blocks: int = 0  # diffusion + X_fm: last encoder stages trained with the expression head
     condition_noise: float = 2.0  # diffusion: SD of the noise added to the (standardised) condition in training
     epochs: int = 300
@@ -95,6 +97,10 @@ class CosmicParams:
                 raise CosmicInputError(f"cosmic parameter {name} must be a number in [{lo}, {hi or 'inf'}], "
                                        f"got {v!r}")
             setattr(self, name, float(v))
+        if not isinstance(self.moment_matching, (bool, np.bool_)):
+            raise CosmicInputError(f"cosmic parameter moment_matching must be true or false, got "
+                                   f"{self.moment_matching!r}")
+        self.moment_matching = bool(self.moment_matching)
         self._check_lists()
         self.evaluation = dict(self.evaluation or {})
         self.evaluation_params  # validates the block
@@ -133,8 +139,8 @@ class CosmicParams:
 
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
-TRAINING_KEYS = ("method", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
-                 "diffusion_dropout", "condition_noise", "finetune_blocks", "representation", "n_rna_pcs", "n_hvg",
+TRAINING_KEYS = ("method", "n_heads", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
+                 "diffusion_dropout", "condition_noise", "moment_matching", "finetune_blocks", "representation", "n_rna_pcs", "n_hvg",
                  "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")

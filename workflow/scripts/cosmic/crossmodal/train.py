@@ -266,6 +266,8 @@ def _fit(adata, split, params, outdir, progress, resume, device):
     model.to(device)
     state = _train_model(model, pre, params, _fingerprint(params, split, train), outdir, resume, device, train, val,
                          progress)
+    if params.method == "diffusion" and params.moment_matching:
+        model.match_residual_moments(train, seed=params.seed)
     # predictive intervals: per-output spread fitted on validation cells (never test cells)
     calibration = calibrate_model(model, val, params.interval_level, params.n_samples, params.seed)
     result = dict(model=model, preprocessor=pre, history=pd.DataFrame(state["history"]),
