@@ -82,3 +82,22 @@ def test_generated_crops_take_the_bank_geometry():
     out = G.to_bank_geometry(generated, [1], bank_channels=2, bank_size=32)
     assert out.shape == (2, 3, 2, 32, 32)
     assert np.allclose(out[:, :, 1], 1.0, atol=1e-5) and not out[:, :, 0].any()
+
+
+def test_the_generator_rules_read_only_the_keys_that_decide_the_split_and_its_latent():
+    from cosmic.crossmodal.params import SPLIT_KEYS, split_config
+
+    a = synthetic_cohort(n=120)
+    full = {"seed": 3, "split_fractions": [0.6, 0.2, 0.2], "n_rna_pcs": 5, "n_hvg": 30, "hidden_dim": 7,
+            "n_heads": 2, "moment_matching": False, "epochs": 3, "representation": "morph"}
+    narrowed = split_config(full)
+    assert set(narrowed) == {"seed", "split_fractions", "n_rna_pcs", "n_hvg"} and set(narrowed) <= set(SPLIT_KEYS)
+    cells, latent, _, _ = G.split_latents(a, full, 1)
+    same_cells, same_latent, _, _ = G.split_latents(a, narrowed, 1)
+    assert cells.split.equals(same_cells.split)
+    np.testing.assert_array_equal(latent, same_latent)
+    # and the rules pass exactly that to the generator
+    from pathlib import Path
+
+    rules = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "generate.smk").read_text()
+    assert rules.count('cosmic=split_config(config["cosmic"])') == 2 and 'cosmic=config["cosmic"]' not in rules

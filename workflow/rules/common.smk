@@ -16,6 +16,7 @@ from cosmic import demo as cosmic_demo
 from cosmic import imageio as cosmic_imageio
 from cosmic import layout
 from cosmic import resources as cosmic_resources
+from cosmic.crossmodal.params import split_config
 from cosmic.crossmodal.representation import for_workflow
 from cosmic.errors import CosmicInputError
 from cosmic.snakemake_compat import build_group_jobs_afresh

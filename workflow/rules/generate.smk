@@ -24,7 +24,7 @@ if GENERATE_IMAGES:
             mem_mb=cosmic_resources.per_attempt(4000),
             runtime=cosmic_resources.per_attempt(120),
         params:
-            cosmic=config["cosmic"],
+            cosmic=split_config(config["cosmic"]),
             generate=config["generate"],
             samples=list(SAMPLES.index),
         script:
@@ -54,7 +54,7 @@ if GENERATE_IMAGES:
             mem_mb=cosmic_resources.per_attempt(4000),
             runtime=cosmic_resources.per_attempt(30),
         params:
-            cosmic=config["cosmic"],
+            cosmic=split_config(config["cosmic"]),
             dna_channel=config["imaging"]["dna_channel"],
             samples=list(SAMPLES.index),
         script:

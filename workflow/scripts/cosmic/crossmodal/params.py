@@ -138,6 +138,16 @@ class CosmicParams:
         return asdict(self)
 
 
+# keys that decide a split's cells and the training-cell PCA that gives the RNA latent: all that a rule
+# which only re-creates the splits (the image generator) reads, so that other model keys do not rerun it
+SPLIT_KEYS = ("seed", "split_fractions", "stratify", "holdout_samples", "n_hvg", "n_rna_pcs", "covariates")
+
+
+def split_config(mapping: Mapping[str, Any] | None) -> dict:
+    """The :data:`SPLIT_KEYS` entries of a ``cosmic:`` config block."""
+    return {k: v for k, v in (mapping or {}).items() if k in SPLIT_KEYS}
+
+
 # keys that change what is trained (a checkpoint with other values is not resumed)
 TRAINING_KEYS = ("method", "n_heads", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
                  "diffusion_dropout", "condition_noise", "moment_matching", "finetune_blocks", "representation", "n_rna_pcs", "n_hvg",
