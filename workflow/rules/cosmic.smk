@@ -33,6 +33,8 @@ rule cosmic:
         f"{RESULTS}/logs/cosmic.log",
     benchmark:
         f"{RESULTS}/benchmarks/cosmic.tsv"
+    # split 0 of the evaluation scores this model
+    priority: 10
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -13,6 +13,8 @@ rule cosmic_split:
         f"{RESULTS}/logs/cosmic_split/{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/cosmic_split/{{split}}.tsv"
+    # the evaluation summary, the last job of a run, waits for every split: ahead of the figures and reports
+    priority: 10
     conda:
         "../envs/torch.yaml"
     threads: 1

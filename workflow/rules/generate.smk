@@ -17,6 +17,8 @@ if GENERATE_IMAGES:
             f"{RESULTS}/logs/generate_split/{{split}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/generate_split/{{split}}.tsv"
+        # first in line: each split's scoring (cosmic_split) waits for its generated nuclei
+        priority: 20
         conda:
             "../envs/torch.yaml"
         threads: 1
