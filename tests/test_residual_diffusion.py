@@ -205,3 +205,19 @@ def test_moment_matching_gives_draws_the_training_residuals_covariance():
     # the residuals' own covariance is reproduced in the outputs (here the basis spans all of them)
     outputs = _within_cell_covariance(model.sample(c, 16, torch.Generator().manual_seed(2)), ddof=0)
     np.testing.assert_allclose(outputs.numpy(), np.cov((r - r.mean(0)).numpy().T, bias=True), atol=0.1)
+
+
+def test_a_model_saved_before_moment_matching_loads_and_draws_as_it_did(tmp_path):
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    params = cm.CosmicParams.from_config({**DIFFUSION, "moment_matching": False})
+    fit = cm.fit_cosmic(a, split, params, progress=False)
+    cm.save_model(fit, params, tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    saved["model"] = {k: v for k, v in saved["model"].items() if not k.endswith("score_map")}
+    torch.save(saved, tmp_path / "old.pt")
+    old, pre, _ = cm.load_model(tmp_path / "old.pt")
+    new, _, _ = cm.load_model(tmp_path / "model.pt")
+    test = a[(split == "test").to_numpy()]
+    before, after = (predict(m, pre, test, n_samples=8, seed=0) for m in (new, old))
+    np.testing.assert_array_equal(before["morph_samples"], after["morph_samples"])

@@ -18,12 +18,13 @@ CHECKPOINT = "checkpoint.pt"  # resumable training state
 MODEL = "model.pt"  # final model (best validation state + preprocessor + params)
 
 METHODS = ("diffusion", "cvae")
-_INTEGER_MINIMA = (("finetune_blocks", 0), ("n_heads", 1), ("head_rank", 0), ("residual_rank", 0), ("diffusion_steps", 2),
-                   ("diffusion_layers", 1),
+_INTEGER_MINIMA = (("finetune_blocks", 0), ("n_heads", 1), ("head_rank", 0), ("residual_rank", 0),
+                   ("diffusion_steps", 2), ("diffusion_layers", 1),
                    ("n_rna_pcs", 1), ("n_hvg", 0), ("latent_dim", 0), ("hidden_dim", 1), ("n_layers", 1),
                    ("epochs", 0), ("batch_size", 1), ("patience", 1), ("n_samples", 2), ("n_output_samples", 0),
                    ("n_clusters", 2), ("knn_neighbors", 1), ("n_bootstrap", 0), ("seed", 0), ("num_threads", 0))
-_NUMBER_RANGES = (("diffusion_dropout", 0.0, 0.99), ("condition_noise", 0.0, None), ("dropout", 0.0, 0.99), ("beta", 0.0, None), ("expr_weight", 0.0, None), ("lr", 1e-12, None),
+_NUMBER_RANGES = (("diffusion_dropout", 0.0, 0.99), ("condition_noise", 0.0, None), ("dropout", 0.0, 0.99),
+                  ("beta", 0.0, None), ("expr_weight", 0.0, None), ("lr", 1e-12, None),
                   ("weight_decay", 0.0, None), ("interval_level", 0.01, 0.999))
 
 
@@ -150,8 +151,8 @@ def split_config(mapping: Mapping[str, Any] | None) -> dict:
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
 TRAINING_KEYS = ("method", "n_heads", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
-                 "diffusion_dropout", "condition_noise", "moment_matching", "finetune_blocks", "representation", "n_rna_pcs", "n_hvg",
-                 "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
+                 "diffusion_dropout", "condition_noise", "moment_matching", "finetune_blocks", "representation",
+                 "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")
 

@@ -303,7 +303,8 @@ def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicPa
     model = build_model(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
                         params, dims["use_fm"], tail_spec=dims.get("tail"))
     missing, unexpected = model.load_state_dict(d["model"], strict=False)
-    if unexpected or any(not k.endswith("calib_scale") for k in missing):
+    # models saved before moment matching have no score_map: the identity it starts at is what they drew with
+    if unexpected or any(not k.endswith(("calib_scale", "score_map")) for k in missing):
         raise CosmicInputError(f"{path}: not a model of this COSMIC version (missing {missing}, unexpected "
                                f"{unexpected})")
     return model.to(resolve_device(device)).eval(), Preprocessor.from_state_dict(d["preprocessor"]), params
