@@ -25,3 +25,13 @@ def describe(path=None, sample=None) -> str:
     if path is not None:
         parts.append(f"file '{path}'")
     return ", ".join(parts) if parts else "input"
+
+
+def require_flag(block: str, name: str, value) -> bool:
+    """``value`` of the config key ``<block>.<name>`` as a bool; a :class:`CosmicInputError` unless it is
+    true or false (a Python or numpy bool: a YAML ``yes``/``1``/``"true"`` is not silently accepted)."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise CosmicInputError(f"{block} parameter {name} must be true or false, got {value!r}")
+    return bool(value)

@@ -28,7 +28,7 @@ from skimage import measure, segmentation
 from skimage.feature import graycomatrix, graycoprops
 
 from .atomic import atomic_path
-from .errors import CosmicInputError, describe
+from .errors import CosmicInputError, describe, require_flag
 
 __all__ = [
     "NucleiParams",
@@ -76,10 +76,7 @@ class CropParams:
     def __post_init__(self):
         _num("crop_size", self.crop_size, minimum=2, integer=True)
         self.crop_size = int(self.crop_size)
-        if not isinstance(self.mask_to_nucleus, (bool, np.bool_)):
-            raise CosmicInputError(
-                f"nuclei parameter mask_to_nucleus must be true or false, got {self.mask_to_nucleus!r}"
-            )
+        require_flag("nuclei", "mask_to_nucleus", self.mask_to_nucleus)
         if self.normalization not in NORMALIZATIONS:
             raise CosmicInputError(
                 f"nuclei parameter normalization must be one of {', '.join(NORMALIZATIONS)}, "

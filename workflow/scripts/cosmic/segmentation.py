@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
 
 from .atomic import atomic_path
-from .errors import CosmicDataWarning, CosmicInputError, describe
+from .errors import CosmicDataWarning, CosmicInputError, describe, require_flag
 from .segmentation_size import FALLBACK_DIAMETER, estimate_nucleus_diameter, fill_holes, normalise
 from .segmentation_size import sample_pixels
 from .segmentation_size import downscale as _downscale
@@ -213,10 +213,7 @@ class SegmentationParams:
         if isinstance(self.local_offset, bool) or not isinstance(self.local_offset, (int, float)):
             raise CosmicInputError(f"segmentation parameter local_offset must be a number, got {self.local_offset!r}")
         for name in ("split_touching", "fill_holes", "remove_border_nuclei", "log_transform"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise CosmicInputError(
-                    f"segmentation parameter {name} must be true or false, got {getattr(self, name)!r}"
-                )
+            require_flag("segmentation", name, getattr(self, name))
         if self.min_area is not None and self.max_area is not None and self.min_area > self.max_area:
             raise CosmicInputError(
                 f"segmentation parameters: min_area ({self.min_area}) is larger than max_area ({self.max_area})"

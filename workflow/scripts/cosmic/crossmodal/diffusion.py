@@ -187,7 +187,6 @@ class ResidualDiffusion(nn.Module):
         empirical covariance while keeping how the spread and the directions change with the condition."""
         if not self.rank or len(c) < 2 or n < 2:
             return
-        self.score_map.copy_(torch.eye(self.rank, device=self.score_map.device))
         z = self.sample_scores(c.repeat(n, 1), generator).view(n, len(c), self.rank).double()
         z = z - z.mean(0, keepdim=True)
         within = torch.einsum("ncr,ncs->rs", z, z) / (len(c) * (n - 1))

@@ -85,6 +85,7 @@ class HeadEnsemble(nn.Module):
 
     @torch.no_grad()
     def set_bias(self, value: torch.Tensor):
+        """Every member's output bias to ``value`` (broadcast)."""
         for member in self.members:
             member.bias.copy_(value)
 
@@ -146,7 +147,7 @@ class DiffusionCosmicModel(nn.Module):
                 self.fm_mean.copy_(torch.from_numpy(st["fm_mean"]))
                 self.fm_std.copy_(torch.from_numpy(st["fm_std"]))
             self.expr_head.init_factors(torch.from_numpy(st["components"] * st["pc_std"][:, None]))
-            self.morph_head.set_bias(torch.zeros_like(self.morph_head.members[0].bias))  # standardised targets
+            self.morph_head.set_bias(torch.zeros(()))  # standardised targets
 
     @torch.no_grad()
     def set_expr_variance(self, expr):
@@ -170,12 +171,12 @@ class DiffusionCosmicModel(nn.Module):
         return torch.cat([b["rep"], b["morph"]], 1) if self.use_fm else b["rep"]
 
     def _morph_error(self, pred, target):
-        """Per-cell squared error; with a foundation representation the embedding and the region
+        """Per-cell squared error (leading dimensions kept, e.g. ensemble members); with a foundation representation the embedding and the region
         properties weigh equally, however many dimensions each has."""
         err = (pred - target) ** 2
         if not self.use_fm:
-            return err.mean(1)
-        return err[:, :self.rep_dim].mean(1) + err[:, self.rep_dim:].mean(1)
+            return err.mean(-1)
+        return err[..., :self.rep_dim].mean(-1) + err[..., self.rep_dim:].mean(-1)
 
     def losses(self, b: dict, p: CosmicParams, sample_posterior: bool = True) -> torch.Tensor:
         """The loss of the current phase: the expression head's squared error relative to the mean gene
@@ -192,8 +193,7 @@ class DiffusionCosmicModel(nn.Module):
             pred = self.expr_head.members_out(c_m) if self.training else self.expr_head(c_m)[None]
             return ((pred - b["expr"][None]) ** 2).mean(-1).mean() / self.expr_variance
         pred = self.morph_head.members_out(c_r) if self.training else self.morph_head(c_r)[None]
-        target = self.morph_target(b)
-        return torch.stack([self._morph_error(member, target) for member in pred]).mean()
+        return self._morph_error(pred, self.morph_target(b)[None]).mean()
 
     def train(self, mode: bool = True):
         """In the residual phase the heads (and encoder tail) stay in eval mode: the residuals the

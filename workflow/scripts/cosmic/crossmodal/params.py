@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CosmicInputError
+from ..errors import CosmicInputError, require_flag
 from .representation import CHOICES, check_choice
 
 REPRESENTATIONS = CHOICES
@@ -98,10 +98,7 @@ class CosmicParams:
                 raise CosmicInputError(f"cosmic parameter {name} must be a number in [{lo}, {hi or 'inf'}], "
                                        f"got {v!r}")
             setattr(self, name, float(v))
-        if not isinstance(self.moment_matching, (bool, np.bool_)):
-            raise CosmicInputError(f"cosmic parameter moment_matching must be true or false, got "
-                                   f"{self.moment_matching!r}")
-        self.moment_matching = bool(self.moment_matching)
+        self.moment_matching = require_flag("cosmic", "moment_matching", self.moment_matching)
         self._check_lists()
         self.evaluation = dict(self.evaluation or {})
         self.evaluation_params  # validates the block

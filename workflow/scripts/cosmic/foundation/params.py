@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CosmicInputError
+from ..errors import CosmicInputError, require_flag
 
 FORMAT = "cosmic-foundation/1"
 OBJECTIVES = ("features", "vicreg", "mae")
@@ -129,8 +129,7 @@ class FoundationParams:
         _float("recon_weight", self.recon_weight, lo=0.0)
         if self.time_limit_s is not None:
             _float("time_limit_s", self.time_limit_s, lo=0.0, lo_open=True)
-        if not isinstance(self.compile, (bool, np.bool_)):
-            raise CosmicInputError(f"foundation parameter compile must be true or false, got {self.compile!r}")
+        require_flag("foundation", "compile", self.compile)
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None, **overrides) -> "FoundationParams":

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CosmicInputError
+from ..errors import CosmicInputError, require_flag
 
 FORMAT = "cosmic-generate/1"
 DEVICES = ("auto", "cpu", "cuda")
@@ -105,12 +105,8 @@ class GenerateParams:
                 setattr(self, k, v)
         _choice("device", self.device, DEVICES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
-        if not isinstance(self.enabled, (bool, np.bool_)):
-            raise CosmicInputError(f"generate parameter enabled must be true or false, got {self.enabled!r}")
-        self.enabled = bool(self.enabled)
-        if not isinstance(self.augment, (bool, np.bool_)):
-            raise CosmicInputError(f"generate parameter augment must be true or false, got {self.augment!r}")
-        self.augment = bool(self.augment)
+        self.enabled = require_flag("generate", "enabled", self.enabled)
+        self.augment = require_flag("generate", "augment", self.augment)
         for name in ("crop_size", "layers_per_block", "attention_head_dim", "attention_resolution",
                      "condition_tokens", "train_timesteps", "batch_size", "sampling_steps", "sample_batch_size",
                      "n_generated", "checkpoint_every", "max_cells"):
