@@ -172,3 +172,17 @@ def test_generation_scores_protocol(same_distribution):
     assert copy["knna_k1"] == 0.0 and copy["swd"] == 0.0 and copy["cov_equal"] == 1.0
     collapsed = G.generation_scores(real, np.zeros_like(real), max_cells=500)
     assert collapsed["knna_k1"] > 0.95 and collapsed["cov_equal"] < 0.01 and collapsed["frechet"] > 4
+
+
+def test_moment_metrics_use_every_generated_cell(same_distribution):
+    """Fréchet distance and coherence gap compare per-set statistics: the generated set is not cut down to
+    the real set's size (that only adds noise), so with 4 draws per real cell they read the whole pool."""
+    real, gen = same_distribution
+    small_real, pool = real[:300], gen[:1200]
+    out = G.generation_scores(small_real, pool, seed=0, max_cells=1000)
+    assert out["coherence_gap"] == pytest.approx(G.coherence_gap(small_real, pool), abs=1e-12)
+    assert out["frechet"] == pytest.approx(G.frechet_distance(small_real, pool), abs=1e-12)
+    # the same draws, scored on a balanced subsample of the pool, scatter more around the truth (0)
+    rng = np.random.default_rng(0)
+    balanced = [G.coherence_gap(small_real, pool[rng.choice(len(pool), 300, replace=False)]) for _ in range(20)]
+    assert out["coherence_gap"] < np.mean(balanced)

@@ -202,24 +202,29 @@ def generation_scores(real, generated, seed: int = 0, max_cells: int = 2000) -> 
     """All generation metrics of ``generated`` against ``real``, with the published protocols.
 
     Returns ``{"swd", "knna_k1", "knna_k100", "cov_equal", "cov_10to1", "frechet", "coherence_gap"}``.
-    ``swd``, ``knna_k1``, ``knna_k100``, ``cov_equal``, ``frechet`` and ``coherence_gap`` are
-    computed on equal-size subsamples (seeded, without replacement) of at most ``max_cells`` cells
-    each, so that k-NNA reads 0.5 for indistinguishable sets; ``cov_10to1`` uses all generated
-    cells (at most ``10 x max_cells``) against real cells subsampled to one tenth of that
-    (:func:`coverage` with ``real_per_generated=0.1``). Better: swd, frechet, coherence_gap lower;
-    knna 0.5; coverage higher (beside a real-vs-real reference).
+    ``swd``, ``knna_k1``, ``knna_k100`` and ``cov_equal`` are computed on equal-size subsamples
+    (seeded, without replacement) of at most ``max_cells`` cells each, so that k-NNA reads 0.5 for
+    indistinguishable sets; ``cov_10to1`` uses all generated cells (at most ``10 x max_cells``)
+    against real cells subsampled to one tenth of that (:func:`coverage` with
+    ``real_per_generated=0.1``). ``frechet`` and ``coherence_gap`` compare statistics estimated from
+    each set on its own (means, covariances, correlations), which need no balance: they use at most
+    ``max_cells`` real and ``10 x max_cells`` generated cells, since cutting the generated set down to
+    the real one's size only adds noise (on peco's 178 test cells two real samples of 178 cells differ by
+    a coherence gap of 0.080 +- 0.031, a sample of 178 and one of 712 by 0.062 +- 0.025). Better: swd,
+    frechet, coherence_gap lower; knna 0.5; coverage higher (beside a real-vs-real reference).
     """
     a, b = _pair(real, generated)
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), int(max_cells))
     ae, be = _subsample(a, n, rng), _subsample(b, n, rng)
     bg = _subsample(b, 10 * int(max_cells), rng)
+    ar = _subsample(a, int(max_cells), rng)  # drawn last: the other metrics' subsamples stay as they were
     return {
         "swd": sliced_wasserstein(ae, be, seed=seed),
         "knna_k1": knn_accuracy(ae, be, k=1),
         "knna_k100": knn_accuracy(ae, be, k=100),
         "cov_equal": coverage(ae, be, real_per_generated=1.0, seed=seed),
         "cov_10to1": coverage(a, bg, real_per_generated=0.1, seed=seed),
-        "frechet": frechet_distance(ae, be),
-        "coherence_gap": coherence_gap(ae, be),
+        "frechet": frechet_distance(ar, bg),
+        "coherence_gap": coherence_gap(ar, bg),
     }
