@@ -221,3 +221,70 @@ def test_a_model_saved_before_moment_matching_loads_and_draws_as_it_did(tmp_path
     test = a[(split == "test").to_numpy()]
     before, after = (predict(m, pre, test, n_samples=8, seed=0) for m in (new, old))
     np.testing.assert_array_equal(before["morph_samples"], after["morph_samples"])
+
+
+def _linear_cells(n: int, seed: int, a: torch.Tensor) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    rna = torch.randn((n, a.shape[0]), generator=g)
+    rep = rna @ a + 0.05 * torch.randn((n, a.shape[1]), generator=g)
+    return dict(rna=rna, cov=torch.zeros((n, 0)), rep=rep, morph=rep.clone(),
+                expr=torch.zeros((n, 4)))
+
+
+def test_morph_ridge_blend_leans_on_the_ridge_where_the_head_has_learnt_nothing():
+    """An untrained head predicts the mean (0); for a linear relation the ridge fit is near exact, so the
+    validation-chosen share of the head is 0 and the RNA -> morphology mean is the ridge's."""
+    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 0.2]])
+    train, val, test = (_linear_cells(n, seed, a) for n, seed in ((400, 0), (100, 1), (50, 2)))
+    params = cm.CosmicParams.from_config(DIFFUSION)
+    model = DiffusionCosmicModel(2, 3, 4, 2, 0, params, use_fm=False).eval()
+    out = model.fit_morph_blend(train, val, seed=0)
+    assert out["head_share"] == 0.0 and float(model.head_share) == 0.0
+    with torch.no_grad():
+        predicted = model.morph_mean(torch.cat([test["rna"], test["cov"]], 1))
+    np.testing.assert_allclose(predicted.numpy(), (test["rna"] @ a).numpy(), atol=0.05)
+
+
+def test_morph_ridge_blend_keeps_a_head_that_is_already_right():
+    """A head that is the true relation keeps its full share: the ridge only adds its estimation error."""
+    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 0.2]])
+    train, val = _linear_cells(400, 0, a), _linear_cells(100, 1, a)
+    params = cm.CosmicParams.from_config(DIFFUSION)
+    model = DiffusionCosmicModel(2, 3, 4, 2, 0, params, use_fm=False).eval()
+    model.morph_head = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.morph_head.weight.copy_(a.T)  # the true relation, without the noise
+    assert model.fit_morph_blend(train, val, seed=0)["head_share"] == 1.0
+
+
+def test_a_model_saved_before_the_ridge_blend_loads_and_predicts_with_its_head_alone(tmp_path):
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    params = cm.CosmicParams.from_config({**DIFFUSION, "morph_ridge_blend": False})
+    fit = cm.fit_cosmic(a, split, params, progress=False)
+    assert float(fit["model"].head_share) == 1.0
+    cm.save_model(fit, params, tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    saved["model"] = {k: v for k, v in saved["model"].items()
+                      if not k.endswith(("ridge_weight", "ridge_bias", "head_share"))}
+    torch.save(saved, tmp_path / "old.pt")
+    old, pre, _ = cm.load_model(tmp_path / "old.pt")
+    new, _, _ = cm.load_model(tmp_path / "model.pt")
+    test = a[(split == "test").to_numpy()]
+    before, after = (predict(m, pre, test, n_samples=8, seed=0) for m in (new, old))
+    np.testing.assert_array_equal(before["morph_mean"], after["morph_mean"])
+    np.testing.assert_array_equal(before["morph_samples"], after["morph_samples"])
+
+
+def test_the_ridge_blend_is_fitted_by_default_and_changes_the_training_fingerprint():
+    a = synthetic_cohort(n=240)
+    split = make_splits(a.obs, seed=0)
+    fit = cm.fit_cosmic(a, split, cm.CosmicParams.from_config(DIFFUSION), progress=False)
+    share = float(fit["model"].head_share)
+    assert share in [i / 10 for i in range(11)]
+    assert fit["model"].ridge_weight.abs().sum() > 0  # fitted, whatever share validation chose
+    from cosmic.crossmodal.train import _fingerprint
+
+    on, off = (_fingerprint(cm.CosmicParams.from_config({**DIFFUSION, "morph_ridge_blend": flag}), split)
+               for flag in (True, False))
+    assert on != off

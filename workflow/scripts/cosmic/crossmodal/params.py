@@ -49,6 +49,7 @@ class CosmicParams:
     diffusion_layers: int = 3  # diffusion: residual MLP blocks of each denoiser
     diffusion_dropout: float = 0.1  # diffusion: dropout inside each denoiser
     moment_matching: bool = True  # diffusion: draws keep the training residuals' covariance (match_moments)
+    morph_ridge_blend: bool = True  # diffusion: RNA -> morphology mean averaged with a ridge fit (fit_morph_blend)
     finetune_blocks: int = 0  # diffusion + X_fm: last encoder stages trained with the expression head
     condition_noise: float = 2.0  # diffusion: SD of the noise added to the (standardised) condition in training
     epochs: int = 300
@@ -99,6 +100,7 @@ class CosmicParams:
                                        f"got {v!r}")
             setattr(self, name, float(v))
         self.moment_matching = require_flag("cosmic", "moment_matching", self.moment_matching)
+        self.morph_ridge_blend = require_flag("cosmic", "morph_ridge_blend", self.morph_ridge_blend)
         self._check_lists()
         self.evaluation = dict(self.evaluation or {})
         self.evaluation_params  # validates the block
@@ -148,7 +150,7 @@ def split_config(mapping: Mapping[str, Any] | None) -> dict:
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
 TRAINING_KEYS = ("method", "n_heads", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
-                 "diffusion_dropout", "condition_noise", "moment_matching", "finetune_blocks", "representation",
+                 "diffusion_dropout", "condition_noise", "moment_matching", "morph_ridge_blend", "finetune_blocks", "representation",
                  "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")

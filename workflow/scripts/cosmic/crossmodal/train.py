@@ -229,7 +229,12 @@ def _train_model(model, pre, params, fingerprint, outdir, resume, device, train,
     history = []
     for i, phase in enumerate(phases[start:], start):
         model.phase = phase
-        if phase == "residual" and i > start:  # a resumed residual phase has its bases in the checkpoint
+        if phase == "residual" and i > start:  # a resumed residual phase has its blend and bases in the checkpoint
+            if params.morph_ridge_blend:
+                blend = model.fit_morph_blend(train, val, seed=params.seed)
+                log.info("cosmic: RNA -> morphology mean = %.1f x head + %.1f x ridge (median penalty %.3g), "
+                         "chosen on validation cells", blend["head_share"], 1 - blend["head_share"],
+                         blend["ridge_alpha_median"])
             model.fit_residual_bases(train, seed=params.seed)
         training = _Training(model, pre, params, f"{fingerprint}:{phase}", checkpoint,
                              parameters=model.phase_parameters(phase), desc=f"cosmic {phase.replace('_', ' ')}")
@@ -303,8 +308,10 @@ def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicPa
     model = build_model(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
                         params, dims["use_fm"], tail_spec=dims.get("tail"))
     missing, unexpected = model.load_state_dict(d["model"], strict=False)
-    # models saved before moment matching have no score_map: the identity it starts at is what they drew with
-    if unexpected or any(not k.endswith(("calib_scale", "score_map")) for k in missing):
+    # models saved before moment matching (no score_map) or the ridge blend (no ridge_*, head_share) load with
+    # the defaults they were used with: the identity map, the head alone
+    if unexpected or any(not k.endswith(("calib_scale", "score_map", "ridge_weight", "ridge_bias", "head_share"))
+                         for k in missing):
         raise CosmicInputError(f"{path}: not a model of this COSMIC version (missing {missing}, unexpected "
                                f"{unexpected})")
     return model.to(resolve_device(device)).eval(), Preprocessor.from_state_dict(d["preprocessor"]), params
