@@ -207,23 +207,33 @@ def test_moment_matching_gives_draws_the_training_residuals_covariance():
     np.testing.assert_allclose(outputs.numpy(), np.cov((r - r.mean(0)).numpy().T, bias=True), atol=0.1)
 
 
-def test_a_model_saved_before_moment_matching_loads_and_draws_as_it_did(tmp_path):
+def _saved_with_and_without(tmp_path, config: dict, dropped: tuple[str, ...]):
+    """Fit with ``config``, save, and save again without the buffers ending in ``dropped`` (a model of an
+    earlier version); the test cells' predictions of both loaded models, and the fit."""
     a = synthetic_cohort(n=240)
     split = make_splits(a.obs, seed=0)
-    params = cm.CosmicParams.from_config({**DIFFUSION, "moment_matching": False})
+    params = cm.CosmicParams.from_config({**DIFFUSION, **config})
     fit = cm.fit_cosmic(a, split, params, progress=False)
     cm.save_model(fit, params, tmp_path / "model.pt")
     saved = torch.load(tmp_path / "model.pt", weights_only=False)
-    saved["model"] = {k: v for k, v in saved["model"].items() if not k.endswith("score_map")}
+    saved["model"] = {k: v for k, v in saved["model"].items() if not k.endswith(dropped)}
     torch.save(saved, tmp_path / "old.pt")
     old, pre, _ = cm.load_model(tmp_path / "old.pt")
     new, _, _ = cm.load_model(tmp_path / "model.pt")
     test = a[(split == "test").to_numpy()]
     before, after = (predict(m, pre, test, n_samples=8, seed=0) for m in (new, old))
+    return before, after, fit
+
+
+def test_a_model_saved_before_moment_matching_loads_and_draws_as_it_did(tmp_path):
+    before, after, _ = _saved_with_and_without(tmp_path, {"moment_matching": False}, ("score_map",))
     np.testing.assert_array_equal(before["morph_samples"], after["morph_samples"])
 
 
-def _linear_cells(n: int, seed: int, a: torch.Tensor) -> dict:
+LINEAR_RELATION = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 0.2]])  # 3 RNA inputs -> 2 morphology outputs
+
+
+def _linear_cells(n: int, seed: int, a: torch.Tensor = LINEAR_RELATION) -> dict:
     g = torch.Generator().manual_seed(seed)
     rna = torch.randn((n, a.shape[0]), generator=g)
     rep = rna @ a + 0.05 * torch.randn((n, a.shape[1]), generator=g)
@@ -234,7 +244,7 @@ def _linear_cells(n: int, seed: int, a: torch.Tensor) -> dict:
 def test_morph_ridge_blend_leans_on_the_ridge_where_the_head_has_learnt_nothing():
     """An untrained head predicts the mean (0); for a linear relation the ridge fit is near exact, so the
     validation-chosen share of the head is 0 and the RNA -> morphology mean is the ridge's."""
-    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 0.2]])
+    a = LINEAR_RELATION
     train, val, test = (_linear_cells(n, seed, a) for n, seed in ((400, 0), (100, 1), (50, 2)))
     params = cm.CosmicParams.from_config(DIFFUSION)
     model = DiffusionCosmicModel(2, 3, 4, 2, 0, params, use_fm=False).eval()
@@ -247,7 +257,7 @@ def test_morph_ridge_blend_leans_on_the_ridge_where_the_head_has_learnt_nothing(
 
 def test_morph_ridge_blend_keeps_a_head_that_is_already_right():
     """A head that is the true relation keeps its full share: the ridge only adds its estimation error."""
-    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 0.2]])
+    a = LINEAR_RELATION
     train, val = _linear_cells(400, 0, a), _linear_cells(100, 1, a)
     params = cm.CosmicParams.from_config(DIFFUSION)
     model = DiffusionCosmicModel(2, 3, 4, 2, 0, params, use_fm=False).eval()
@@ -258,20 +268,9 @@ def test_morph_ridge_blend_keeps_a_head_that_is_already_right():
 
 
 def test_a_model_saved_before_the_ridge_blend_loads_and_predicts_with_its_head_alone(tmp_path):
-    a = synthetic_cohort(n=240)
-    split = make_splits(a.obs, seed=0)
-    params = cm.CosmicParams.from_config({**DIFFUSION, "morph_ridge_blend": False})
-    fit = cm.fit_cosmic(a, split, params, progress=False)
+    before, after, fit = _saved_with_and_without(tmp_path, {"morph_ridge_blend": False},
+                                                 ("ridge_weight", "ridge_bias", "head_share"))
     assert float(fit["model"].head_share) == 1.0
-    cm.save_model(fit, params, tmp_path / "model.pt")
-    saved = torch.load(tmp_path / "model.pt", weights_only=False)
-    saved["model"] = {k: v for k, v in saved["model"].items()
-                      if not k.endswith(("ridge_weight", "ridge_bias", "head_share"))}
-    torch.save(saved, tmp_path / "old.pt")
-    old, pre, _ = cm.load_model(tmp_path / "old.pt")
-    new, _, _ = cm.load_model(tmp_path / "model.pt")
-    test = a[(split == "test").to_numpy()]
-    before, after = (predict(m, pre, test, n_samples=8, seed=0) for m in (new, old))
     np.testing.assert_array_equal(before["morph_mean"], after["morph_mean"])
     np.testing.assert_array_equal(before["morph_samples"], after["morph_samples"])
 

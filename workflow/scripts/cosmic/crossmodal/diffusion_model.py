@@ -172,12 +172,19 @@ class DiffusionCosmicModel(nn.Module):
         rep = b["rep"]
         if self.tail is not None and "tail" in b:
             rep = (self.tail(b["tail"]) - self.fm_mean) / self.fm_std
-        return torch.cat([rep, b["cov"]], 1), torch.cat([b["rna"], b["cov"]], 1)
+        return torch.cat([rep, b["cov"]], 1), self.rna_condition(b)
+
+    @staticmethod
+    def rna_condition(b: dict) -> torch.Tensor:
+        """The RNA condition of a batch: its RNA embedding and covariates."""
+        return torch.cat([b["rna"], b["cov"]], 1)
+
+    def _ridge(self, c_r: torch.Tensor) -> torch.Tensor:
+        return c_r @ self.ridge_weight.T + self.ridge_bias
 
     def morph_mean(self, c_r: torch.Tensor) -> torch.Tensor:
         """``E[morphology target | RNA condition]``: the head blended with the ridge regression."""
-        head = self.morph_head(c_r)
-        return self.head_share * head + (1 - self.head_share) * (c_r @ self.ridge_weight.T + self.ridge_bias)
+        return self.head_share * self.morph_head(c_r) + (1 - self.head_share) * self._ridge(c_r)
 
     @torch.no_grad()
     def fit_morph_blend(self, train: dict, val: dict, seed: int = 0, steps: int = 10) -> dict:
@@ -193,7 +200,7 @@ class DiffusionCosmicModel(nn.Module):
         self.eval()
         rows = subset_indices(n_rows(train), RIDGE_MAX_CELLS, np.random.default_rng(seed))
         part = {k: train[k][rows] for k in ("rna", "cov", "rep", "morph") if k in train}
-        x = torch.cat([part["rna"], part["cov"]], 1).double().cpu().numpy()
+        x = self.rna_condition(part).double().cpu().numpy()
         y = self.morph_target(part).double().cpu().numpy()
         ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit(x, y)
         self.ridge_weight.copy_(torch.as_tensor(np.atleast_2d(ridge.coef_), dtype=torch.float32))
@@ -202,8 +209,8 @@ class DiffusionCosmicModel(nn.Module):
         errors = torch.zeros(len(shares), dtype=torch.float64, device=shares.device)
         for chunk in row_chunks(val):
             b = take(val, chunk)
-            c_r = torch.cat([b["rna"], b["cov"]], 1)
-            head, linear = self.morph_head(c_r), c_r @ self.ridge_weight.T + self.ridge_bias
+            c_r = self.rna_condition(b)
+            head, linear = self.morph_head(c_r), self._ridge(c_r)
             target = self.morph_target(b)
             for i, share in enumerate(shares):
                 errors[i] += self._morph_error(share * head + (1 - share) * linear, target).double().sum()
@@ -216,8 +223,8 @@ class DiffusionCosmicModel(nn.Module):
         return torch.cat([b["rep"], b["morph"]], 1) if self.use_fm else b["rep"]
 
     def _morph_error(self, pred, target):
-        """Per-cell squared error (leading dimensions kept, e.g. ensemble members); with a foundation representation the embedding and the region
-        properties weigh equally, however many dimensions each has."""
+        """Per-cell squared error (leading dimensions kept, e.g. ensemble members); with a foundation
+        representation the embedding and the region properties weigh equally, however many dimensions each has."""
         err = (pred - target) ** 2
         if not self.use_fm:
             return err.mean(-1)

@@ -150,8 +150,8 @@ def split_config(mapping: Mapping[str, Any] | None) -> dict:
 
 # keys that change what is trained (a checkpoint with other values is not resumed)
 TRAINING_KEYS = ("method", "n_heads", "head_rank", "residual_rank", "diffusion_steps", "diffusion_layers",
-                 "diffusion_dropout", "condition_noise", "moment_matching", "morph_ridge_blend", "finetune_blocks", "representation",
-                 "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
+                 "diffusion_dropout", "condition_noise", "moment_matching", "morph_ridge_blend", "finetune_blocks",
+                 "representation", "n_rna_pcs", "n_hvg", "latent_dim", "hidden_dim", "n_layers", "dropout", "beta",
                  "expr_weight", "epochs", "batch_size", "lr", "weight_decay", "patience", "split_fractions",
                  "stratify", "holdout_samples", "covariates", "seed")
 

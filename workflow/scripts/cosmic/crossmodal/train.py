@@ -300,6 +300,11 @@ def save_model(result: dict, params: CosmicParams, path):
                         best_epoch=result["best_epoch"], best_val_loss=result["best_val_loss"]), tmp)
 
 
+# buffers added after models were first saved; a model without them loads with the defaults it was used
+# with: unit calibration, the identity score map (no moment matching), the head alone (no ridge blend)
+BUFFERS_OLD_MODELS_LACK = ("calib_scale", "score_map", "ridge_weight", "ridge_bias", "head_share")
+
+
 def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicParams]:
     """Load ``model.pt`` written by :func:`fit_cosmic`."""
     d = torch.load(path, map_location="cpu", weights_only=False)
@@ -308,10 +313,7 @@ def load_model(path, device="auto") -> tuple[CosmicModel, Preprocessor, CosmicPa
     model = build_model(dims["rep_dim"], dims["rna_dim"], dims["n_genes"], dims["morph_dim"], dims["cov_dim"],
                         params, dims["use_fm"], tail_spec=dims.get("tail"))
     missing, unexpected = model.load_state_dict(d["model"], strict=False)
-    # models saved before moment matching (no score_map) or the ridge blend (no ridge_*, head_share) load with
-    # the defaults they were used with: the identity map, the head alone
-    if unexpected or any(not k.endswith(("calib_scale", "score_map", "ridge_weight", "ridge_bias", "head_share"))
-                         for k in missing):
+    if unexpected or any(not k.endswith(BUFFERS_OLD_MODELS_LACK) for k in missing):
         raise CosmicInputError(f"{path}: not a model of this COSMIC version (missing {missing}, unexpected "
                                f"{unexpected})")
     return model.to(resolve_device(device)).eval(), Preprocessor.from_state_dict(d["preprocessor"]), params
